@@ -1,0 +1,20 @@
+import fp from 'fastify-plugin'
+import cors from '@fastify/cors'
+
+/**
+ * CORS for the browser-facing routes: exactly the configured origins, on every answer (errors
+ * included, so a page can read `token_reused`), preflights cached for ten minutes. No
+ * credentials: Rotor's tokens travel in JSON bodies, never in cookies.
+ */
+export default fp(async function corsPlugin (app, opts: { origins: string[] }) {
+  const origins = new Set(opts.origins)
+  await app.register(cors, {
+    origin: (origin, callback) => { callback(null, origin !== undefined && origins.has(origin)) },
+    methods: ['POST'],
+    allowedHeaders: ['content-type', 'authorization'],
+    exposedHeaders: ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
+    credentials: false,
+    maxAge: 600,
+    strictPreflight: true
+  })
+}, { name: 'cors', fastify: '5.x' })

@@ -1,0 +1,115 @@
+import { STATUS_CODES } from 'node:http'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+
+/** Every error code of the contract, with its status. The codes are API: never rename one. */
+export const ERROR_CODES = {
+  invalid_request: 400,
+  invalid_client: 401,
+  token_invalid: 401,
+  token_expired: 401,
+  token_revoked: 401,
+  token_reused: 401,
+  not_found: 404,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  rate_limited: 429,
+  internal_error: 500,
+  denylist_disabled: 501,
+  denylist_unavailable: 503
+} as const
+
+export type ErrorCode = keyof typeof ERROR_CODES
+
+/** Seconds a client should wait after a 503 before trying again. */
+export const STORE_RETRY_AFTER = 2
+
+export class AppError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+  readonly headers: Record<string, string>
+  constructor (code: ErrorCode, message: string, headers: Record<string, string> = {}) {
+    super(message)
+    this.name = 'AppError'
+    this.code = code
+    this.statusCode = ERROR_CODES[code]
+    this.headers = headers
+  }
+}
+
+/** Which token a refusal was about, for the log line (never the token itself). */
+export interface TokenLogFields { sub?: string, sid?: string, jti?: string }
+
+/** A token was refused: its code says why (invalid, expired, revoked, reused). */
+export class TokenRejectedError extends AppError {
+  readonly token: TokenLogFields
+  constructor (code: 'token_invalid' | 'token_expired' | 'token_revoked' | 'token_reused', message: string, token: TokenLogFields = {}) {
+    super(code, message)
+    this.name = 'TokenRejectedError'
+    this.token = token
+  }
+}
+
+/** The store (Redis) could not be reached or did not answer in time. */
+export class StoreUnavailableError extends AppError {
+  /** What the Redis client said: logged, never sent to the client. */
+  readonly reason: string
+  constructor (reason: string) {
+    super('denylist_unavailable', `the token store is unavailable; retry after ${STORE_RETRY_AFTER} seconds`, { 'retry-after': String(STORE_RETRY_AFTER) })
+    this.name = 'StoreUnavailableError'
+    this.reason = reason
+  }
+}
+
+export interface ErrorBody {
+  statusCode: number
+  code: ErrorCode
+  error: string
+  message: string
+}
+
+export function errorBody (error: AppError): ErrorBody {
+  return { statusCode: error.statusCode, code: error.code, error: STATUS_CODES[error.statusCode] ?? 'Error', message: error.message }
+}
+
+/** Fastify's own 4xx errors (body parsing, limits, validation) onto the contract's codes. */
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'payload_too_large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type'
+}
+
+/** Turns anything thrown into an {@link AppError}; unknown errors become `internal_error`. */
+export function toAppError (error: unknown): AppError {
+  if (error instanceof AppError) return error
+  const err = error as Partial<FastifyError> | null | undefined
+  if (err?.validation !== undefined) {
+    return new AppError('invalid_request', `${err.validationContext ?? 'body'} ${err.validation[0]?.message ?? 'is invalid'}`.trim())
+  }
+  const mapped = typeof err?.code === 'string' ? FASTIFY_CODES[err.code] : undefined
+  if (mapped !== undefined) return new AppError(mapped, err?.message ?? mapped)
+  if (typeof err?.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    // Fastify's body parsers: invalid JSON, empty body, __proto__ poisoning, bad content length.
+    return new AppError('invalid_request', err.message ?? 'bad request')
+  }
+  return new AppError('internal_error', 'an unexpected error occurred')
+}
+
+/** The one error handler: every answer that is not a success goes out through here. */
+export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  const appError = toAppError(error)
+  if (appError.code === 'internal_error') {
+    request.log.error({ err: error }, 'unexpected error')
+  } else if (appError instanceof StoreUnavailableError) {
+    request.log.warn({ code: appError.code, reason: appError.reason }, 'store unavailable: answered 503')
+  } else if (appError instanceof TokenRejectedError) {
+    request.log.info({ event: 'token.refused', code: appError.code, reason: appError.message, ...appError.token }, 'token refused')
+  } else {
+    request.log.info({ code: appError.code, reason: appError.message }, 'request refused')
+  }
+  void reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
+}
+
+export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): void {
+  const error = new AppError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`)
+  void reply.code(error.statusCode).send(errorBody(error))
+}

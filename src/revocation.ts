@@ -1,0 +1,59 @@
+import { AppError, TokenRejectedError } from './errors.js'
+import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
+import { sessionOf } from './tokens.js'
+import type { Payload } from '../plugins/keyring.js'
+
+function requireDenylist (ctx: TokenContext): void {
+  if (!ctx.config.denylistEnabled) throw new AppError('denylist_disabled', 'revocation needs DENYLIST_ENABLED=true')
+}
+
+/**
+ * RFC 7009 revocation: a refresh token revokes its whole session, an access token itself.
+ * A token that is already invalid is not an error (the caller wanted it dead; it is).
+ */
+export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<void> {
+  requireDenylist(ctx)
+  let verified
+  try {
+    verified = ctx.keyring.verify(presented, undefined, nowMs)
+  } catch (error) {
+    if (!(error instanceof TokenRejectedError)) throw error
+    ctx.log.info({ event: 'token.revoke_ignored', reason: error.message }, 'revocation of an invalid token: nothing to do')
+    return
+  }
+  const session = sessionOf(verified.payload)
+  const ref = { sub: session.sub, sid: session.sid, jti: verified.payload['jti'] as string, authTime: session.authTime }
+  if (verified.type === 'refresh') {
+    await ctx.denylist.revokeSession(ref, sessionRevocationTtlMs(ctx.config, session.authTime, nowMs))
+  } else {
+    await ctx.denylist.revokeToken(ref, remainingLifeMs(ctx.config, verified.payload['exp'] as number, nowMs))
+  }
+  ctx.log.info({ event: verified.type === 'refresh' ? 'session.revoked' : 'token.revoked', sub: ref.sub, sid: ref.sid, jti: ref.jti }, 'revoked')
+}
+
+/** "Log out everywhere": every session of `sub` issued up to this second stops refreshing. */
+export async function revokeSubject (ctx: TokenContext, sub: string, nowMs = Date.now()): Promise<void> {
+  requireDenylist(ctx)
+  const { accessTokenTtl, refreshTokenTtl, leeway } = ctx.config
+  await ctx.denylist.revokeSubject(sub, Math.floor(nowMs / 1000), (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000)
+  ctx.log.info({ event: 'subject.revoked', sub }, 'every session of the subject revoked')
+}
+
+export type Introspection = ({ active: true } & Payload) | { active: false }
+
+/** RFC 7662 for both token types: active only if it verifies and nothing in the store refuses it. */
+export async function introspect (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<Introspection> {
+  let payload: Payload
+  try {
+    payload = ctx.keyring.verify(presented, undefined, nowMs).payload
+  } catch (error) {
+    if (error instanceof TokenRejectedError) return { active: false }
+    throw error
+  }
+  if (ctx.config.denylistEnabled) {
+    const session = sessionOf(payload)
+    const state = await ctx.denylist.state({ sub: session.sub, sid: session.sid, jti: payload['jti'] as string, authTime: session.authTime })
+    if (state !== 'active') return { active: false }
+  }
+  return { ...payload, active: true }
+}

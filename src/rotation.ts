@@ -1,0 +1,70 @@
+import { TokenRejectedError } from './errors.js'
+import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
+import { mintAccessToken, mintPair, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
+
+export interface Refreshed {
+  pair: TokenPair
+  session: Session
+  /** The jti of the refresh token presented, and of the one answered (the same when not rotating). */
+  previousJti: string
+  refreshJti: string
+  /** A retry within the grace window: the answer repeats the first rotation's pair. */
+  isRetry: boolean
+}
+
+/**
+ * Refreshes a pair. With the denylist on, the old jti is recorded and the successor's ids are
+ * derived from it (HMAC with a key only Rotor holds), and its `iat` is the recorded rotation
+ * time: a retry within the grace window re-derives the very same pair, so however many tabs
+ * refresh at once, one refresh token lives on.
+ */
+export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<Refreshed> {
+  const { keyring, denylist, config } = ctx
+  const { payload, key } = keyring.verify(presented, 'refresh', nowMs)
+  const session = sessionOf(payload)
+  const previousJti = payload['jti'] as string
+  const nowSec = Math.floor(nowMs / 1000)
+  const token = { sub: session.sub, sid: session.sid, jti: previousJti }
+
+  if (!config.rotateRefreshTokens) {
+    if (config.denylistEnabled) {
+      const state = await denylist.state({ ...token, authTime: session.authTime })
+      if (state !== 'active') throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
+    }
+    const access = mintAccessToken(keyring, config, session, nowSec, randomId())
+    const pair = pairResponse(access, { token: presented as string, exp: payload['exp'] as number }, nowSec)
+    return { pair, session, previousJti, refreshJti: previousJti, isRetry: false }
+  }
+
+  if (!config.denylistEnabled) {
+    const ids = { access: randomId(), refresh: randomId() }
+    return { pair: mintPair(keyring, config, session, nowSec, ids, nowSec), session, previousJti, refreshJti: ids.refresh, isRetry: false }
+  }
+
+  const ids = { access: keyring.deriveId(key, 'access', previousJti), refresh: keyring.deriveId(key, 'refresh', previousJti) }
+  const outcome = await denylist.rotate({
+    ...token,
+    authTime: session.authTime,
+    childJti: ids.refresh,
+    nowMs,
+    ttlMs: remainingLifeMs(config, payload['exp'] as number, nowMs),
+    graceMs: config.refreshReuseGrace * 1000,
+    enforce: config.reuseDetection === 'enforce',
+    sessionTtlMs: sessionRevocationTtlMs(config, session.authTime, nowMs)
+  })
+  switch (outcome.status) {
+    case 'revoked':
+      throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
+    case 'reused':
+      ctx.log.warn({ event: 'token.reuse', ...token, enforced: config.reuseDetection === 'enforce' },
+        config.reuseDetection === 'enforce'
+          ? 'a rotated refresh token was presented again: its session is revoked'
+          : 'a rotated refresh token was presented again (REUSE_DETECTION=log: nothing revoked)')
+      throw new TokenRejectedError('token_reused', 'this refresh token was already used; the session is revoked', token)
+    default: {
+      const iat = Math.floor(outcome.rotatedAtMs / 1000)
+      const pair = mintPair(keyring, config, session, iat, ids, nowSec)
+      return { pair, session, previousJti, refreshJti: ids.refresh, isRetry: outcome.status === 'grace' }
+    }
+  }
+}

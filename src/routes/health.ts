@@ -1,0 +1,25 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { HealthSchema } from '../../schemas/health.js'
+import { StoreUnavailableError } from '../errors.js'
+
+const healthRoutes: FastifyPluginAsyncTypebox = async function healthRoutes (app) {
+  app.get('/health/live', {
+    schema: { summary: 'The process runs', tags: ['health'], response: { 200: HealthSchema } }
+  }, async () => ({ status: 'ok' }))
+
+  app.get('/health/ready', {
+    schema: { summary: 'Ready for traffic: 503 while a store it needs does not answer', tags: ['health'], response: { 200: HealthSchema, 503: HealthSchema } }
+  }, async (_request, reply) => {
+    if (!app.config.denylistEnabled || app.redis === null) return { status: 'ok', store: app.redis === null ? 'memory' : 'not needed' }
+    try {
+      await app.denylist.ping()
+      return { status: 'ok', store: 'redis' }
+    } catch (error) {
+      /* c8 ignore next: ping only ever throws StoreUnavailableError */
+      if (!(error instanceof StoreUnavailableError)) throw error
+      return reply.code(503).header('retry-after', '2').send({ status: 'unavailable', store: 'redis' })
+    }
+  })
+}
+
+export default healthRoutes

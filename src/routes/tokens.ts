@@ -1,0 +1,89 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { errorResponses, EmptySchema } from '../../schemas/errors.js'
+import { IntrospectionSchema, IssueBodySchema, RefreshBodySchema, TokenBodySchema, TokenPairSchema } from '../../schemas/tokens.js'
+import type { TokenContext } from '../context.js'
+import type { Config } from '../config.js'
+import { AppError } from '../errors.js'
+import { refresh } from '../rotation.js'
+import { introspect, revoke } from '../revocation.js'
+import { mintPair, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
+import type { FastifyRequest } from 'fastify'
+
+/** The audience of a new session: the one asked for (if allowed), else the configured default. */
+function audienceOf (config: Config, asked: string | string[] | undefined): string | string[] | undefined {
+  if (asked === undefined) return config.jwtAudience[0]
+  const wanted = Array.isArray(asked) ? asked : [asked]
+  if (config.jwtAudience.length > 0) {
+    const refused = wanted.find((aud) => !config.jwtAudience.includes(aud))
+    if (refused !== undefined) throw new AppError('invalid_request', `aud "${refused}" is not in JWT_AUDIENCE`)
+  }
+  return asked
+}
+
+const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) {
+  const context = (request: FastifyRequest): TokenContext =>
+    ({ keyring: app.keyring, denylist: app.denylist, config: app.config, log: request.log })
+
+  app.post('/v1/tokens', {
+    onRequest: [app.identifyClient, app.backendRateLimit, app.requireClient],
+    schema: {
+      summary: 'Issue a pair for a subject the calling backend has authenticated',
+      tags: ['tokens'],
+      security: [{ apiKey: [] }],
+      body: IssueBodySchema,
+      response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429) }
+    }
+  }, async (request) => {
+    const { sub, claims = {}, aud } = request.body
+    const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
+    if (reserved !== undefined) throw new AppError('invalid_request', `claims may not set the reserved claim "${reserved}"`)
+    const nowSec = Math.floor(Date.now() / 1000)
+    const session = newSession(sub, audienceOf(app.config, aud), claims, nowSec)
+    const ids = { access: randomId(), refresh: randomId() }
+    const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
+    request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh, client: request.client }, 'pair issued')
+    return pair
+  })
+
+  app.post('/v1/tokens/refresh', {
+    onRequest: app.publicRateLimit,
+    schema: {
+      summary: 'Rotate a pair: a new access token and a new refresh token for the same session',
+      tags: ['tokens'],
+      body: RefreshBodySchema,
+      response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request) => {
+    const result = await refresh(context(request), request.body.refresh_token)
+    request.log.info({
+      event: 'token.refreshed', sub: result.session.sub, sid: result.session.sid, jti: result.refreshJti, previous_jti: result.previousJti, retry: result.isRetry
+    }, 'pair refreshed')
+    return result.pair
+  })
+
+  app.post('/v1/tokens/revoke', {
+    onRequest: app.publicRateLimit,
+    schema: {
+      summary: 'Revoke a token (RFC 7009): a refresh token ends its whole session',
+      tags: ['tokens'],
+      body: TokenBodySchema,
+      response: { 200: EmptySchema, ...errorResponses(400, 413, 415, 429, 501, 503) }
+    }
+  }, async (request) => {
+    await revoke(context(request), request.body.token)
+    return {}
+  })
+
+  app.post('/v1/tokens/introspect', {
+    onRequest: [app.identifyClient, app.backendRateLimit, app.requireClient],
+    schema: {
+      summary: 'Introspect a token (RFC 7662): active, with its claims, or inactive',
+      tags: ['tokens'],
+      security: [{ apiKey: [] }],
+      body: TokenBodySchema,
+      response: { 200: IntrospectionSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request) => introspect(context(request), request.body.token))
+}
+
+export default tokenRoutes

@@ -1,0 +1,40 @@
+import { existsSync } from 'node:fs'
+import closeWithGrace from 'close-with-grace'
+import { buildApp } from './app.js'
+import { ConfigError, loadConfig } from './config.js'
+import { StartupError } from '../plugins/redis.js'
+
+// The only file that reads process.env, listens, and handles signals.
+if (existsSync('.env')) process.loadEnvFile('.env')
+
+let config
+try {
+  config = loadConfig(process.env)
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error
+  process.stderr.write(`rotor: ${error.message}\n`)
+  process.exit(1)
+}
+
+let app
+try {
+  app = await buildApp(config)
+} catch (error) {
+  if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
+  process.stderr.write(`rotor: ${error.message}\n`)
+  process.exit(1)
+}
+
+if (config.generatedApiKey !== null) {
+  // Printed once, to the terminal and not into the log stream, so it never lands in a log store.
+  process.stderr.write(`\nrotor: no API_KEYS set; generated one for this run only:\n\n    ${config.generatedApiKey}\n\n`)
+}
+
+// SIGTERM/SIGINT: stop accepting, finish requests in flight, close Redis, exit 0.
+closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
+  else app.log.info({ signal }, 'shutting down')
+  await app.close()
+})
+
+await app.listen({ port: config.port, host: config.host })

@@ -1,0 +1,104 @@
+import { randomBytes } from 'node:crypto'
+import type { Keyring, Payload } from '../plugins/keyring.js'
+import type { Config } from './config.js'
+
+/** Claims Rotor sets itself; a caller may not pass them in `claims`. */
+export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type'])
+
+/** A refresh-token family: what every token of one issuance carries through its rotations. */
+export interface Session {
+  sub: string
+  sid: string
+  /** Seconds. */
+  authTime: number
+  aud: string | string[] | undefined
+  claims: Payload
+}
+
+export interface TokenPair {
+  access_token: string
+  refresh_token: string
+  token_type: 'Bearer'
+  expires_in: number
+  refresh_expires_in: number
+}
+
+/** The settings minting needs (a slice of Config, so tests and the domain need no more). */
+export type MintSettings = Pick<Config, 'jwtIssuer' | 'accessTokenTtl' | 'refreshTokenTtl' | 'sessionMaxTtl'>
+
+/** 16 random bytes, base64url: a `jti` or `sid` no one can guess. */
+export function randomId (): string {
+  return randomBytes(16).toString('base64url')
+}
+
+export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, nowSec: number): Session {
+  return { sub, sid: randomId(), authTime: nowSec, aud, claims }
+}
+
+/** The session a verified token belongs to: its reserved claims read back, the rest is custom. */
+export function sessionOf (payload: Payload): Session {
+  const claims: Payload = {}
+  for (const [name, value] of Object.entries(payload)) {
+    if (!RESERVED_CLAIMS.has(name)) claims[name] = value
+  }
+  return {
+    sub: payload['sub'] as string,
+    sid: payload['sid'] as string,
+    authTime: payload['auth_time'] as number,
+    aud: payload['aud'] as string | string[] | undefined,
+    claims
+  }
+}
+
+/** When a token issued at `iat` must expire: its TTL, but never past the session's absolute limit. */
+export function expiryOf (settings: MintSettings, session: Session, iat: number, ttl: number): number {
+  const exp = iat + ttl
+  return settings.sessionMaxTtl === null ? exp : Math.min(exp, session.authTime + settings.sessionMaxTtl)
+}
+
+function payloadOf (settings: MintSettings, session: Session, type: 'access' | 'refresh', iat: number, exp: number, jti: string): Payload {
+  return {
+    ...session.claims,
+    iss: settings.jwtIssuer,
+    sub: session.sub,
+    ...(session.aud === undefined ? {} : { aud: session.aud }),
+    iat,
+    exp,
+    jti,
+    sid: session.sid,
+    auth_time: session.authTime,
+    token_type: type
+  }
+}
+
+export function mintAccessToken (keyring: Keyring, settings: MintSettings, session: Session, iat: number, jti: string): { token: string, exp: number } {
+  const exp = expiryOf(settings, session, iat, settings.accessTokenTtl)
+  return { token: keyring.signAccess(payloadOf(settings, session, 'access', iat, exp, jti)), exp }
+}
+
+export function mintRefreshToken (keyring: Keyring, settings: MintSettings, session: Session, iat: number, jti: string): { token: string, exp: number } {
+  const exp = expiryOf(settings, session, iat, settings.refreshTokenTtl)
+  return { token: keyring.signRefresh(payloadOf(settings, session, 'refresh', iat, exp, jti)), exp }
+}
+
+/**
+ * Mints a pair issued at `iat` (seconds) with the given ids. The same inputs give the same
+ * claims, which is what lets a refresh retried within the grace window answer the same pair.
+ */
+export function mintPair (
+  keyring: Keyring, settings: MintSettings, session: Session, iat: number, ids: { access: string, refresh: string }, nowSec: number
+): TokenPair {
+  const access = mintAccessToken(keyring, settings, session, iat, ids.access)
+  const refresh = mintRefreshToken(keyring, settings, session, iat, ids.refresh)
+  return pairResponse(access, refresh, nowSec)
+}
+
+export function pairResponse (access: { token: string, exp: number }, refresh: { token: string, exp: number }, nowSec: number): TokenPair {
+  return {
+    access_token: access.token,
+    refresh_token: refresh.token,
+    token_type: 'Bearer',
+    expires_in: Math.max(0, access.exp - nowSec),
+    refresh_expires_in: Math.max(0, refresh.exp - nowSec)
+  }
+}
