@@ -12,7 +12,7 @@ const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (a
       tags: ['subjects'],
       security: [{ apiKey: [] }],
       params: SubjectParamsSchema,
-      body: Type.Optional(EmptySchema),
+      body: Type.Union([EmptySchema, Type.Null(), Type.Undefined()], { description: 'no body, or {}' }),
       response: { 200: EmptySchema, ...errorResponses(400, 401, 413, 415, 429, 501, 503) }
     }
   }, async (request) => {
