@@ -5,6 +5,16 @@ import type { Config } from './config.js'
 /** Claims Rotor sets itself; a caller may not pass them in `claims`. */
 export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type'])
 
+/** Custom claims may nest this deep, no deeper: enough for any real claim set, and bounded work. */
+export const MAX_CLAIMS_DEPTH = 8
+
+/** Whether a JSON value nests deeper than `limit` objects or arrays. */
+export function nestsDeeperThan (value: unknown, limit: number): boolean {
+  if (typeof value !== 'object' || value === null) return false
+  if (limit === 0) return true
+  return Object.values(value).some((child) => nestsDeeperThan(child, limit - 1))
+}
+
 /** A refresh-token family: what every token of one issuance carries through its rotations. */
 export interface Session {
   sub: string

@@ -254,18 +254,19 @@ test('no rotation is lost when Redis hangs mid-traffic: every 200 is recorded, e
     pairs.push(...await Promise.all(Array.from({ length: 20 }, async (_, j) => issuePair(base, `user-${i + j}`))))
   }
 
-  // Ten waves of 20 concurrent refreshes, 100 ms apart; Redis freezes while the third wave is in flight
-  // and thaws 1.5 s later, so waves land before, during and after the hang.
+  // Ten waves of 20 concurrent refreshes, 250 ms apart; Redis freezes just after the third wave is sent
+  // (while it is in flight) and thaws 2.5 s later, longer than a request's whole budget, so waves land
+  // before, during and after the hang.
   const results: Array<Promise<Answer>> = []
   const traffic = (async () => {
     for (let wave = 0; wave < 10; wave++) {
       for (let j = 0; j < 20; j++) results.push(refreshOver(base, pairs[wave * 20 + j]!.refresh_token))
-      await sleep(100)
+      await sleep(250)
     }
   })()
-  await sleep(220)
+  await sleep(510)
   redis.pause()
-  await sleep(1500)
+  await sleep(2500)
   redis.resume()
   await traffic
   const answers = await Promise.all(results)

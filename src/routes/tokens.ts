@@ -6,7 +6,7 @@ import type { Config } from '../config.js'
 import { AppError } from '../errors.js'
 import { refresh } from '../rotation.js'
 import { introspect, revoke } from '../revocation.js'
-import { mintPair, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
+import { MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
 import type { FastifyRequest } from 'fastify'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
@@ -37,6 +37,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const { sub, claims = {}, aud } = request.body
     const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
     if (reserved !== undefined) throw new AppError('invalid_request', `claims may not set the reserved claim "${reserved}"`)
+    if (nestsDeeperThan(claims, MAX_CLAIMS_DEPTH)) throw new AppError('invalid_request', `claims may nest at most ${MAX_CLAIMS_DEPTH} levels deep`)
     const nowSec = Math.floor(Date.now() / 1000)
     const session = newSession(sub, audienceOf(app.config, aud), claims, nowSec)
     const ids = { access: randomId(), refresh: randomId() }
