@@ -15,6 +15,7 @@ export default fp(async function corsPlugin (app, opts: { origins: string[] }) {
     exposedHeaders: ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
     credentials: false,
     maxAge: 600,
-    strictPreflight: true
+    // A malformed preflight is answered like any other, not with a text/plain 400.
+    strictPreflight: false
   })
 }, { name: 'cors', fastify: '5.x' })

@@ -1,14 +1,24 @@
 import { StoreUnavailableError } from '../src/errors.js'
-import type { RedisClient } from './redis.js'
+import { COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from './redis.js'
 import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
 
 /**
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
  * subject's revocation, the successor's record. ARGV: now (ms), the jti's remaining life (ms),
- * grace (ms), auth_time (s), enforce (1/0), the session revocation's life (ms).
+ * grace (ms), auth_time (s), enforce (1/0), the session revocation's life (ms), and a deadline
+ * on Redis's own clock (ms).
  * The in-process store (denylist-memory.ts) makes the same decisions in the same order.
+ *
+ * The deadline: a Redis that hangs still takes commands into its socket buffer. Rotor gives up
+ * on it and answers 503, but the script would run when Redis wakes and record a rotation nobody
+ * received; the user's retry would then be "reuse" and log them out. So a script that starts
+ * after the deadline (earlier than Rotor's own command timeout) writes nothing.
  */
 const ROTATE = `
+local clock = redis.call('TIME')
+if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[7]) then
+  return {'late', '0'}
+end
 local rotated = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
 if rotated then
@@ -33,6 +43,9 @@ redis.call('SET', KEYS[1], math.max(current, tonumber(ARGV[1])), 'PX', ARGV[2])
 return 1
 `
 
+/** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
+const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
+
 type Rotate = (j: string, s: string, u: string, child: string, ...argv: Array<string | number>) => Promise<[string, string]>
 type RevokeSubject = (u: string, until: number, ttl: number) => Promise<number>
 
@@ -45,10 +58,14 @@ export class RedisDenylist implements Denylist {
   private readonly prefix: string
   private readonly rotateScript: Rotate
   private readonly revokeSubjectScript: RevokeSubject
+  private readonly health: RedisHealth | null
+  /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
+  private clockOffsetMs = 0
 
-  constructor (client: RedisClient, prefix: string) {
+  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null) {
     this.client = client
     this.prefix = prefix
+    this.health = health
     client.defineCommand('rotorRotate', { numberOfKeys: 4, lua: ROTATE })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 1, lua: REVOKE_SUBJECT })
     const commands = client as unknown as { rotorRotate: Rotate, rotorRevokeSubject: RevokeSubject }
@@ -61,19 +78,29 @@ export class RedisDenylist implements Denylist {
     return kind === 'u' ? `${this.prefix}{${sub}}:u` : `${this.prefix}{${sub}}:${kind}:${id}`
   }
 
+  /** Measures Redis's clock against ours, to half a round trip. */
+  async syncClock (): Promise<void> {
+    const sent = Date.now()
+    const [seconds, micros] = await this.guard(this.client.time())
+    const received = Date.now()
+    this.clockOffsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - (sent + received) / 2
+  }
+
   async rotate (input: RotateInput): Promise<RotateOutcome> {
-    const [status, at] = await guard(this.rotateScript(
+    const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
+    const [status, at] = await this.guard(this.rotateScript(
       this.key(input.sub, 'j', input.jti), this.key(input.sub, 's', input.sid), this.key(input.sub, 'u'),
       this.key(input.sub, 'j', input.childJti),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.authTime, input.enforce ? 1 : 0,
-      Math.max(1, Math.ceil(input.sessionTtlMs))
+      Math.max(1, Math.ceil(input.sessionTtlMs)), deadline
     ))
+    if (status === 'late') throw new StoreUnavailableError('Redis ran the rotation after its deadline; nothing was recorded')
     if (status === 'rotated' || status === 'grace') return { status, rotatedAtMs: Number(at) }
     return { status: status === 'revoked' ? 'revoked' : 'reused' }
   }
 
   async state (ref: TokenRef): Promise<TokenState> {
-    const [rotated, session, until] = await guard(this.client.mget(
+    const [rotated, session, until] = await this.guard(this.client.mget(
       this.key(ref.sub, 'j', ref.jti), this.key(ref.sub, 's', ref.sid), this.key(ref.sub, 'u')
     ))
     if (session !== null || (until != null && Number(until) >= ref.authTime)) return 'revoked'
@@ -81,28 +108,33 @@ export class RedisDenylist implements Denylist {
   }
 
   async revokeToken (ref: TokenRef, ttlMs: number): Promise<void> {
-    await guard(this.client.set(this.key(ref.sub, 'j', ref.jti), '0', 'PX', Math.max(1, Math.ceil(ttlMs))))
+    await this.guard(this.client.set(this.key(ref.sub, 'j', ref.jti), '0', 'PX', Math.max(1, Math.ceil(ttlMs))))
   }
 
   async revokeSession (ref: TokenRef, ttlMs: number): Promise<void> {
-    await guard(this.client.set(this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs))))
+    await this.guard(this.client.set(this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs))))
   }
 
   async revokeSubject (sub: string, untilSec: number, ttlMs: number): Promise<void> {
-    await guard(this.revokeSubjectScript(this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs))))
+    await this.guard(this.revokeSubjectScript(this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs))))
   }
 
   async ping (): Promise<void> {
-    await guard(this.client.ping())
+    await this.guard(this.client.ping())
   }
 
   close (): void {}
-}
 
-async function guard<T> (pending: Promise<T>): Promise<T> {
-  try {
-    return await pending
-  } catch (error) {
-    throw new StoreUnavailableError((error as Error).message)
+  /** Every failure becomes a 503; a timeout on an open connection also marks Redis unreachable. */
+  private async guard<T> (pending: Promise<T>): Promise<T> {
+    try {
+      const result = await pending
+      if (this.health !== null && !this.health.reachable) this.health.up()
+      return result
+    } catch (error) {
+      const reason = (error as Error).message
+      this.health?.down(reason)
+      throw new StoreUnavailableError(reason)
+    }
   }
 }

@@ -54,9 +54,16 @@ declare module 'fastify' {
 }
 
 export default fp(async function denylistPlugin (app, opts: { config: Config }) {
-  const denylist: Denylist = app.redis === null
-    ? new MemoryDenylist()
-    : new RedisDenylist(app.redis, opts.config.redisKeyPrefix)
+  let denylist: Denylist
+  if (app.redis === null) {
+    denylist = new MemoryDenylist()
+  } else {
+    const redisDenylist = new RedisDenylist(app.redis, opts.config.redisKeyPrefix, app.redisHealth)
+    const sync = (): void => { redisDenylist.syncClock().catch(() => {}) }
+    app.redis.on('ready', sync)
+    if (app.redis.status === 'ready') sync()
+    denylist = redisDenylist
+  }
   if (app.redis === null && opts.config.denylistEnabled) {
     app.log.warn('no REDIS_URL: the denylist is in this process only; run one instance only, and revocations are lost on restart')
   }

@@ -84,8 +84,13 @@ export function secretKey (secret: string): KeyMaterial {
   return fromSecret(`hs-${digest('kid', bytes).slice(0, 12)}`, 'HS256', bytes, null)
 }
 
-function importJwk (jwk: Record<string, unknown>, algorithm: Algorithm, index: number): KeyMaterial {
+function importJwk (jwk: unknown, algorithm: Algorithm, index: number): KeyMaterial {
   const where = `JWT_KEYS_FILE: key #${index + 1}`
+  if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new ConfigError([`${where}: expected a JWK object`])
+  return importJwkObject(jwk as Record<string, unknown>, algorithm, where)
+}
+
+function importJwkObject (jwk: Record<string, unknown>, algorithm: Algorithm, where: string): KeyMaterial {
   const kid = jwk['kid']
   if (typeof kid !== 'string' || !/^[\w.-]{1,64}$/.test(kid)) {
     throw new ConfigError([`${where}: needs a "kid" of 1 to 64 letters, digits, '.', '_' or '-'`])
@@ -129,7 +134,7 @@ export function readKeysFile (path: string, algorithm: Algorithm): KeyMaterial[]
   if (!Array.isArray(keys) || keys.length === 0) {
     throw new ConfigError([`JWT_KEYS_FILE=${path}: expected a JWKS, {"keys": [...]}, with at least one private key`])
   }
-  const material = keys.map((jwk, index) => importJwk(jwk as Record<string, unknown>, algorithm, index))
+  const material = keys.map((jwk: unknown, index) => importJwk(jwk, algorithm, index))
   const kids = new Set(material.map((key) => key.kid))
   if (kids.size !== material.length) throw new ConfigError([`JWT_KEYS_FILE=${path}: two keys share a kid`])
   return material

@@ -8,36 +8,42 @@ export type RedisClient = Redis | Cluster
 /**
  * Fail fast: with no offline queue a command against a Redis that is down is refused at once,
  * and one that is sent but never answered is cut off by `commandTimeout`, so a request waits for
- * at most about a second before it gets its 503. Reconnection goes on forever in the background.
+ * about a second at most before it gets its 503. Reconnection goes on forever in the background.
  */
-const FAIL_FAST = {
-  enableOfflineQueue: false,
-  maxRetriesPerRequest: 0,
-  commandTimeout: 1000,
-  connectTimeout: 1000,
-  autoResendUnfulfilledCommands: false,
-  disconnectTimeout: 100,
-  retryStrategy: (times: number) => Math.min(times * 50, 500),
-  lazyConnect: true
-} satisfies RedisOptions
+export const COMMAND_TIMEOUT_MS = 1000
+
+function failFast (commandTimeout: number) {
+  return {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout,
+    connectTimeout: 1000,
+    autoResendUnfulfilledCommands: false,
+    disconnectTimeout: 100,
+    retryStrategy: (times: number) => Math.min(times * 50, 500),
+    lazyConnect: true
+  } satisfies RedisOptions
+}
 
 /** Policies under which Redis may drop a key before its TTL: a dropped denylist key un-revokes a token. */
 export function mayEvict (policy: string): boolean {
   return policy !== 'noeviction'
 }
 
-function createClient (setting: Exclude<RedisSetting, { kind: 'memory' }>): RedisClient {
+/** A client for one of the three Redis shapes, failing fast; the caller connects it. */
+export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memory' }>, commandTimeout = COMMAND_TIMEOUT_MS): RedisClient {
+  const options = failFast(commandTimeout)
   switch (setting.kind) {
     case 'single':
-      return new Redis(setting.url, FAIL_FAST)
+      return new Redis(setting.url, options)
     case 'sentinel':
-      return new Redis({ ...FAIL_FAST, sentinels: setting.sentinels, name: setting.name })
+      return new Redis({ ...options, sentinels: setting.sentinels, name: setting.name })
     case 'cluster':
       return new Cluster(setting.nodes, {
         enableOfflineQueue: false,
         lazyConnect: true,
         clusterRetryStrategy: (times: number) => Math.min(times * 50, 500),
-        redisOptions: FAIL_FAST
+        redisOptions: options
       })
   }
 }
@@ -101,15 +107,20 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
     app.decorate('redisHealth', null)
     return
   }
-  const client = createClient(config.redis)
+  const client = createRedisClient(config.redis)
   const health = new RedisHealth(app.log)
-  client.on('ready', () => { health.up() })
+  let started = false
+  client.on('ready', () => {
+    health.up()
+    // Redis may come back with another configuration: check again on every (re)connection.
+    if (started) void checkEvictionPolicy(client, app.log, false).catch(() => {})
+  })
   client.on('error', (error: Error) => { health.down(error.message) })
   client.on('close', () => { health.down('connection closed') })
   app.decorate<RedisClient | null>('redis', client)
   app.decorate<RedisHealth | null>('redisHealth', health)
 
-  // A sidecar may start before its Redis: wait a moment, then go on not-ready and keep trying.
+  // A sidecar may start before its Redis: go on not-ready and keep trying in the background.
   try {
     await client.connect()
     await checkEvictionPolicy(client, app.log, config.isProduction)
@@ -120,6 +131,7 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
     }
     health.down((error as Error).message)
   }
+  started = true
 
   app.addHook('onClose', async () => {
     client.disconnect()

@@ -65,6 +65,15 @@ export function parseDuration (text: string): number | null {
   return Number(match[1]) * (UNITS[match[2] ?? ''] ?? 1)
 }
 
+function isAddressOrCidr (text: string): boolean {
+  if (['loopback', 'linklocal', 'uniquelocal'].includes(text)) return true
+  const [address = '', bits, ...rest] = text.split('/')
+  const version = isIP(address)
+  if (version === 0 || rest.length > 0) return false
+  if (bits === undefined) return true
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (version === 4 ? 32 : 128)
+}
+
 function list (text: string | undefined): string[] {
   if (text === undefined) return []
   return text.split(',').map((item) => item.trim()).filter((item) => item !== '')
@@ -117,7 +126,8 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     return found ?? fallback
   }
   const hostPorts = (name: string): HostPort[] => list(read(name)).map((item) => {
-    const match = /^(.+):(\d{1,5})$/.exec(item)
+    // [::1]:7000 is an IPv6 address and port; the brackets are not part of the host.
+    const match = /^\[([^\]]+)\]:(\d{1,5})$/.exec(item) ?? /^([^[\]]+):(\d{1,5})$/.exec(item)
     const port = Number(match?.[2])
     if (match === null || port < 1 || port > 65535) {
       problems.push(`${name}: "${item}" is not host:port`)
@@ -150,6 +160,9 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   }
 
   const trustProxy = list(read('TRUST_PROXY'))
+  for (const proxy of trustProxy) {
+    if (!isAddressOrCidr(proxy)) problems.push(`TRUST_PROXY: "${proxy}" is not an address, a CIDR, or one of loopback, linklocal, uniquelocal`)
+  }
   const rateLimitAllow = list(read('RATE_LIMIT_ALLOW'))
   for (const address of rateLimitAllow) {
     if (isIP(address) === 0) problems.push(`RATE_LIMIT_ALLOW: "${address}" is not an IP address`)

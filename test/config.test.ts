@@ -205,7 +205,7 @@ test('a JWKS of private Ed25519 keys loads, the first key active unless JWT_ACTI
   t.strictSame(material.map((key) => key.kid), ['k1', 'k2', 'k3'])
   const [active] = material
   t.has(active?.publicJwk, { kty: 'OKP', crv: 'Ed25519', kid: 'k1', alg: 'EdDSA', use: 'sig', x: keys[0]?.['x'] })
-  t.notOk(active?.publicJwk !== null && 'd' in (active?.publicJwk ?? {}), 'the published JWK has no private part')
+  t.notOk('d' in (active?.publicJwk ?? {}), 'the published JWK has no private part')
   t.not(active?.refreshKid, 'k1', 'the refresh kid is not a JWKS kid')
   const chosen = loadKeyMaterial(withKeysFile(t, { keys }, { JWT_ACTIVE_KID: 'k2' }))
   t.strictSame(chosen.map((key) => key.kid), ['k2', 'k1', 'k3'], 'JWT_ACTIVE_KID first, the others still verify')

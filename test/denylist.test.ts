@@ -104,7 +104,8 @@ test('revoking an access token ends that token only', async (t) => {
   t.same(await introspectToken(app, pair.access_token), { active: false })
   t.match(await introspectToken(app, pair.refresh_token), { active: true })
   t.equal((await refreshWith(app, pair.refresh_token)).statusCode, 200)
-  const [ttl] = [...(await keysWithTtl(app.config.redisKeyPrefix))].filter(([key]) => key.includes(':j:')).map(([, pttl]) => pttl)
+  const accessJti = String(decodeJwt(pair.access_token).payload['jti'])
+  const [ttl] = [...(await keysWithTtl(app.config.redisKeyPrefix))].filter(([key]) => key.endsWith(`:j:${accessJti}`)).map(([, pttl]) => pttl)
   t.ok((ttl ?? 0) > 590_000 && (ttl ?? 0) <= 600_000, `record TTL ${String(ttl)} is the access token's remaining life`)
 })
 

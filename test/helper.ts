@@ -44,7 +44,8 @@ export class LogCapture extends Writable {
 
 /** Deletes every key under a prefix (SCAN, never FLUSH: the Redis is shared). */
 export async function deletePrefix (url: string, prefix: string): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+  redis.on('error', () => {})
   try {
     await redis.connect()
     let cursor = '0'

@@ -1,11 +1,12 @@
 import { test } from 'tap'
+import type { InjectOptions } from 'light-my-request'
 import { API_KEY, build, issue, listen } from './helper.js'
 
 const envelope = ['code', 'error', 'message', 'statusCode']
 
 test('every error answer is the contract envelope', async (t) => {
   const app = await build(t)
-  const cases: Array<{ name: string, request: Parameters<typeof app.inject>[0], status: number, code: string }> = [
+  const cases: Array<{ name: string, request: InjectOptions, status: number, code: string }> = [
     { name: 'unknown route', request: { method: 'GET', url: '/nope' }, status: 404, code: 'not_found' },
     { name: 'wrong method', request: { method: 'GET', url: '/v1/tokens/refresh' }, status: 404, code: 'not_found' },
     { name: 'text/plain', request: { method: 'POST', url: '/v1/tokens/refresh', headers: { 'content-type': 'text/plain' }, payload: 'x' }, status: 415, code: 'unsupported_media_type' },
