@@ -112,12 +112,13 @@ function importJwkObject (jwk: Record<string, unknown>, algorithm: Algorithm, wh
   } catch {
     throw new ConfigError([`${where} (${kid}): not a valid private JWK`])
   }
-  const curve = privateKey.asymmetricKeyDetails?.namedCurve
+  // Node describes every asymmetric key it imports.
+  const details = privateKey.asymmetricKeyDetails as { namedCurve?: string, modulusLength?: number }
   const fits = algorithm === 'EdDSA'
     ? privateKey.asymmetricKeyType === 'ed25519'
     : algorithm === 'ES256'
-      ? curve === 'prime256v1'
-      : privateKey.asymmetricKeyType === 'rsa' && (privateKey.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048
+      ? details.namedCurve === 'prime256v1'
+      : privateKey.asymmetricKeyType === 'rsa' && Number(details.modulusLength) >= 2048
   if (!fits) throw new ConfigError([`${where} (${kid}): not an ${algorithm} key (Ed25519, P-256 or RSA of 2048 bits or more)`])
   return fromPrivateKey(kid, algorithm, privateKey)
 }
@@ -140,13 +141,13 @@ export function readKeysFile (path: string, algorithm: Algorithm): KeyMaterial[]
   return material
 }
 
-/** The keys this configuration signs and verifies with; the active one first. */
-export function loadKeyMaterial (config: Config): KeyMaterial[] {
+/** The keys this configuration verifies with, and the one it signs with. */
+export function loadKeyMaterial (config: Config): { active: KeyMaterial, keys: KeyMaterial[] } {
   const keys = config.jwtKeysFile !== null
     ? readKeysFile(config.jwtKeysFile, config.jwtAlgorithm)
     : [config.jwtSecret !== null ? secretKey(config.jwtSecret) : generateKey(config.jwtAlgorithm)]
-  const activeKid = config.jwtActiveKid ?? keys[0]?.kid
-  const active = keys.find((key) => key.kid === activeKid)
-  if (active === undefined) throw new ConfigError([`JWT_ACTIVE_KID=${String(activeKid)}: no key with that kid in JWT_KEYS_FILE`])
-  return [active, ...keys.filter((key) => key !== active)]
+  // A file holds at least one key (readKeysFile checks): without JWT_ACTIVE_KID the first signs.
+  const active = config.jwtActiveKid === null ? keys[0] : keys.find((key) => key.kid === config.jwtActiveKid)
+  if (active === undefined) throw new ConfigError([`JWT_ACTIVE_KID=${String(config.jwtActiveKid)}: no key with that kid in JWT_KEYS_FILE`])
+  return { active, keys }
 }

@@ -29,6 +29,9 @@ interface VerifierEntry {
 }
 
 export interface KeyringOptions {
+  /** The key that signs; it verifies too. */
+  active: KeyMaterial
+  /** Every key that verifies, the active one included. */
   keys: KeyMaterial[]
   issuer: string
   audience: string[]
@@ -52,8 +55,7 @@ export class Keyring {
   private readonly leewayMs: number
 
   constructor (options: KeyringOptions) {
-    const [active] = options.keys
-    if (active === undefined) throw new Error('a keyring needs at least one key')
+    const { active } = options
     this.active = active
     this.keys = options.keys
     this.leewayMs = options.leeway * 1000
@@ -100,27 +102,34 @@ export class Keyring {
    * const { type, payload } = keyring.verify(body.refresh_token, 'refresh')
    */
   verify (token: unknown, expected?: TokenType, now = Date.now()): VerifiedToken {
+    const result = this.check(token, expected, now)
+    if (result instanceof TokenRejectedError) throw result
+    return result
+  }
+
+  /** As {@link verify}, but answers the refusal instead of throwing it. */
+  check (token: unknown, expected?: TokenType, now = Date.now()): VerifiedToken | TokenRejectedError {
     if (typeof token !== 'string' || token.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(token)) {
-      throw new TokenRejectedError('token_invalid', 'the token is not a compact JWS')
+      return new TokenRejectedError('token_invalid', 'the token is not a compact JWS')
     }
     const header = parseHeader(token)
     const entry = typeof header?.['kid'] === 'string' ? this.verifiers.get(header['kid']) : undefined
-    if (entry === undefined) throw new TokenRejectedError('token_invalid', 'the token names no key of this service')
+    if (entry === undefined) return new TokenRejectedError('token_invalid', 'the token names no key of this service')
     if (expected !== undefined && entry.type !== expected) {
-      throw new TokenRejectedError('token_invalid', `expected a ${expected} token, got a ${entry.type} token`)
+      return new TokenRejectedError('token_invalid', `expected a ${expected} token, got a ${entry.type} token`)
     }
     let payload: Payload
     try {
       payload = entry.verify(token)
     } catch (error) {
-      if (error instanceof TokenError && error.code === TokenError.codes.expired) {
-        throw new TokenRejectedError('token_expired', 'the token has expired')
-      }
-      throw new TokenRejectedError('token_invalid', describe(error))
+      // fast-jwt throws only TokenError; its code says why.
+      const { code } = error as TokenError
+      if (code === TokenError.codes.expired) return new TokenRejectedError('token_expired', 'the token has expired')
+      return new TokenRejectedError('token_invalid', REFUSALS[code] ?? 'malformed token')
     }
-    if (payload['token_type'] !== entry.type) throw new TokenRejectedError('token_invalid', 'wrong token_type claim')
-    if (!hasSessionClaims(payload)) throw new TokenRejectedError('token_invalid', 'the token lacks a claim Rotor sets')
-    if (payload['iat'] * 1000 > now + this.leewayMs) throw new TokenRejectedError('token_invalid', 'the token was issued in the future')
+    if (payload['token_type'] !== entry.type) return new TokenRejectedError('token_invalid', 'wrong token_type claim')
+    if (!hasSessionClaims(payload)) return new TokenRejectedError('token_invalid', 'a claim Rotor sets has the wrong type')
+    if (payload['iat'] * 1000 > now + this.leewayMs) return new TokenRejectedError('token_invalid', 'the token was issued in the future')
     return { type: entry.type, payload, key: entry.key }
   }
 
@@ -144,18 +153,14 @@ function hasSessionClaims (payload: Payload): payload is Payload & { iat: number
     typeof payload['iat'] === 'number' && typeof payload['exp'] === 'number' && typeof payload['auth_time'] === 'number'
 }
 
-function describe (error: unknown): string {
-  if (error instanceof TokenError) {
-    switch (error.code) {
-      case TokenError.codes.invalidSignature: return 'bad signature'
-      case TokenError.codes.inactive: return 'the token is not valid yet'
-      case TokenError.codes.invalidClaimValue: return 'wrong issuer or audience'
-      case TokenError.codes.missingRequiredClaim: return 'the token lacks a required claim'
-      case TokenError.codes.invalidAlgorithm: return 'algorithm not allowed'
-      default: return 'malformed token'
-    }
-  }
-  return 'malformed token'
+/** Why fast-jwt refused a token, in words a client may read (no token content). */
+const REFUSALS: Record<string, string> = {
+  [TokenError.codes.invalidSignature]: 'bad signature',
+  [TokenError.codes.inactive]: 'the token is not valid yet',
+  [TokenError.codes.invalidClaimValue]: 'wrong issuer or audience',
+  [TokenError.codes.missingRequiredClaim]: 'the token lacks a required claim',
+  [TokenError.codes.invalidAlgorithm]: 'algorithm not allowed',
+  [TokenError.codes.invalidCritHeader]: 'unsupported critical header'
 }
 
 declare module 'fastify' {
@@ -167,7 +172,7 @@ declare module 'fastify' {
 export default fp(async function keyringPlugin (app, opts: { config: Config }) {
   const { config } = opts
   app.decorate('keyring', new Keyring({
-    keys: loadKeyMaterial(config),
+    ...loadKeyMaterial(config),
     issuer: config.jwtIssuer,
     audience: config.jwtAudience,
     leeway: config.leeway

@@ -32,7 +32,7 @@ export default fp(async function rateLimitPlugin (app, opts: { config: Config })
   if (redis !== null) {
     redis.on('error', () => {}) // the redis plugin's client already reports Redis's health
     // Not there yet (a sidecar starting first): the limiter lets requests through until it is.
-    await redis.connect().catch(() => {})
+    await Promise.race([redis.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000).unref())])
     app.addHook('onClose', async () => { redis.disconnect() })
   }
   await app.register(rateLimit, {

@@ -100,6 +100,14 @@ declare module 'fastify' {
   }
 }
 
+/** How long the start waits for Redis before going on not-ready. */
+const CONNECT_WAIT_MS = 2000
+
+async function notBefore (ms: number, reason: string): Promise<never> {
+  await new Promise((resolve) => setTimeout(resolve, ms).unref())
+  throw new Error(reason)
+}
+
 export default fp(async function redisPlugin (app, opts: { config: Config }) {
   const { config } = opts
   if (config.redis.kind === 'memory') {
@@ -120,9 +128,10 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   app.decorate<RedisClient | null>('redis', client)
   app.decorate<RedisHealth | null>('redisHealth', health)
 
-  // A sidecar may start before its Redis: go on not-ready and keep trying in the background.
+  // A sidecar may start before its Redis: give it a moment, then go on not-ready and keep trying
+  // in the background (a cluster or sentinel client may neither connect nor fail for a while).
   try {
-    await client.connect()
+    await Promise.race([client.connect(), notBefore(CONNECT_WAIT_MS, 'Redis did not answer at start')])
     await checkEvictionPolicy(client, app.log, config.isProduction)
   } catch (error) {
     if (error instanceof StartupError) {

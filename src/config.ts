@@ -56,13 +56,14 @@ export class ConfigError extends Error {
   }
 }
 
-const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 }
+const UNITS: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }
 
 /** `90`, `90s`, `15m`, `1h`, `7d` → seconds; null when it is not such a form. */
 export function parseDuration (text: string): number | null {
   const match = /^(\d{1,9})([smhd]?)$/.exec(text.trim())
   if (match === null) return null
-  return Number(match[1]) * (UNITS[match[2] ?? ''] ?? 1)
+  // The pattern guarantees both groups, and the unit is one of UNITS.
+  return Number(match[1]) * UNITS[String(match[2])]!
 }
 
 function isAddressOrCidr (text: string): boolean {
@@ -90,9 +91,12 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     return value === undefined || value.trim() === '' ? undefined : value.trim()
   }
 
-  const duration = (name: string, fallback: string | null, min = 0): number | null => {
+  const optionalDuration = (name: string, min: number): number | null => {
+    const raw = read(name)
+    return raw === undefined ? null : duration(name, raw, min)
+  }
+  function duration (name: string, fallback: string, min = 0): number {
     const raw = read(name) ?? fallback
-    if (raw === null) return null
     const seconds = parseDuration(raw)
     if (seconds === null || seconds < min) {
       problems.push(`${name}=${raw}: expected a duration of at least ${min}s, in seconds or with s/m/h/d (e.g. 60, 15m, 7d)`)
@@ -133,7 +137,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
       problems.push(`${name}: "${item}" is not host:port`)
       return { host: item, port: 0 }
     }
-    return { host: match[1] ?? '', port }
+    return { host: String(match[1]), port }
   })
 
   const nodeEnv = read('NODE_ENV')
@@ -183,12 +187,12 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     redisKeyPrefix: read('REDIS_KEY_PREFIX') ?? 'rotor:',
     denylistEnabled,
     rotateRefreshTokens: boolean('ROTATE_REFRESH_TOKENS', true),
-    accessTokenTtl: duration('ACCESS_TOKEN_TTL', '60m', 1) ?? 3600,
-    refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '7d', 1) ?? 604800,
-    sessionMaxTtl: duration('SESSION_MAX_TTL', null, 1),
-    refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s') ?? 10,
+    accessTokenTtl: duration('ACCESS_TOKEN_TTL', '60m', 1),
+    refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '7d', 1),
+    sessionMaxTtl: optionalDuration('SESSION_MAX_TTL', 1),
+    refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s'),
     reuseDetection: oneOf('REUSE_DETECTION', ['enforce', 'log'], 'enforce'),
-    leeway: duration('LEEWAY', '0s') ?? 0,
+    leeway: duration('LEEWAY', '0s'),
     jwtAlgorithm,
     jwtKeysFile,
     jwtActiveKid: read('JWT_ACTIVE_KID') ?? null,
@@ -199,7 +203,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     generatedApiKey: null,
     corsOrigins,
     rateLimitMax: integer('RATE_LIMIT_MAX', 100, 1, 1_000_000_000),
-    rateLimitWindow: duration('RATE_LIMIT_WINDOW', '1m', 1) ?? 60,
+    rateLimitWindow: duration('RATE_LIMIT_WINDOW', '1m', 1),
     trustProxy: trustProxy.length > 0 ? trustProxy : null,
     rateLimitAllow,
     compatSimpleJwt: boolean('COMPAT_SIMPLEJWT', true),

@@ -68,7 +68,8 @@ export interface ErrorBody {
 }
 
 export function errorBody (error: AppError): ErrorBody {
-  return { statusCode: error.statusCode, code: error.code, error: STATUS_CODES[error.statusCode] ?? 'Error', message: error.message }
+  // Every status in ERROR_CODES is a standard one, with a reason phrase.
+  return { statusCode: error.statusCode, code: error.code, error: String(STATUS_CODES[error.statusCode]), message: error.message }
 }
 
 /** Fastify's own 4xx errors (body parsing, limits, validation) onto the contract's codes. */
@@ -81,15 +82,15 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
 /** Turns anything thrown into an {@link AppError}; unknown errors become `internal_error`. */
 export function toAppError (error: unknown): AppError {
   if (error instanceof AppError) return error
-  const err = error as Partial<FastifyError> | null | undefined
-  if (err?.validation !== undefined) {
-    return new AppError('invalid_request', `${err.validationContext ?? 'body'} ${err.validation[0]?.message ?? 'is invalid'}`.trim())
-  }
-  const mapped = typeof err?.code === 'string' ? FASTIFY_CODES[err.code] : undefined
-  if (mapped !== undefined) return new AppError(mapped, err?.message ?? mapped)
-  if (typeof err?.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
-    // Fastify's body parsers: invalid JSON, empty body, __proto__ poisoning, bad content length.
-    return new AppError('invalid_request', err.message ?? 'bad request')
+  // Object(): whatever was thrown (even undefined or a string) can be looked at the same way.
+  const err = Object(error) as Partial<FastifyError>
+  // Fastify's validation message names the part and the rule ("body/sub must NOT have fewer than 1 characters").
+  if (err.validation !== undefined) return new AppError('invalid_request', String(err.message))
+  const mapped = FASTIFY_CODES[String(err.code)]
+  if (mapped !== undefined) return new AppError(mapped, String(err.message))
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    // Fastify's body parsers: invalid JSON, empty body, __proto__ poisoning. Their messages hold no body content.
+    return new AppError('invalid_request', String(err.message))
   }
   return new AppError('internal_error', 'an unexpected error occurred')
 }
@@ -110,6 +111,7 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
 }
 
 export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): void {
-  const error = new AppError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`)
+  // The query string is left out: it is the caller's, and may hold anything.
+  const error = new AppError('not_found', `no route ${request.method} ${request.url.replace(/\?.*$/s, '')}`)
   void reply.code(error.statusCode).send(errorBody(error))
 }

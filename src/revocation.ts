@@ -13,12 +13,9 @@ function requireDenylist (ctx: TokenContext): void {
  */
 export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<void> {
   requireDenylist(ctx)
-  let verified
-  try {
-    verified = ctx.keyring.verify(presented, undefined, nowMs)
-  } catch (error) {
-    if (!(error instanceof TokenRejectedError)) throw error
-    ctx.log.info({ event: 'token.revoke_ignored', reason: error.message }, 'revocation of an invalid token: nothing to do')
+  const verified = ctx.keyring.check(presented, undefined, nowMs)
+  if (verified instanceof TokenRejectedError) {
+    ctx.log.info({ event: 'token.revoke_ignored', reason: verified.message }, 'revocation of an invalid token: nothing to do')
     return
   }
   const session = sessionOf(verified.payload)
@@ -43,13 +40,9 @@ export type Introspection = ({ active: true } & Payload) | { active: false }
 
 /** RFC 7662 for both token types: active only if it verifies and nothing in the store refuses it. */
 export async function introspect (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<Introspection> {
-  let payload: Payload
-  try {
-    payload = ctx.keyring.verify(presented, undefined, nowMs).payload
-  } catch (error) {
-    if (error instanceof TokenRejectedError) return { active: false }
-    throw error
-  }
+  const verified = ctx.keyring.check(presented, undefined, nowMs)
+  if (verified instanceof TokenRejectedError) return { active: false }
+  const { payload } = verified
   if (ctx.config.denylistEnabled) {
     const session = sessionOf(payload)
     const state = await ctx.denylist.state({ sub: session.sub, sid: session.sid, jti: payload['jti'] as string, authTime: session.authTime })

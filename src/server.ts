@@ -11,6 +11,7 @@ let config
 try {
   config = loadConfig(process.env)
 } catch (error) {
+  /* c8 ignore next: anything but a ConfigError is a bug; Node prints its stack and exits non-zero */
   if (!(error instanceof ConfigError)) throw error
   process.stderr.write(`rotor: ${error.message}\n`)
   process.exit(1)
@@ -20,6 +21,7 @@ let app
 try {
   app = await buildApp(config)
 } catch (error) {
+  /* c8 ignore next: as above */
   if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
   process.stderr.write(`rotor: ${error.message}\n`)
   process.exit(1)
@@ -32,6 +34,7 @@ if (config.generatedApiKey !== null) {
 
 // SIGTERM/SIGINT: stop accepting, finish requests in flight, close Redis, exit 0.
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  /* c8 ignore next 2: an uncaught error, which no test provokes on purpose */
   if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
   else app.log.info({ signal }, 'shutting down')
   await app.close()

@@ -88,3 +88,16 @@ test('JWT_ACTIVE_KID signs; every key in the file still verifies', async (t) => 
   const jwks = (await after.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json<{ keys: Array<{ kid: string }> }>()
   t.same(jwks.keys.map((key) => key.kid).sort(), ['new', 'old'])
 })
+
+for (const algorithm of ['ES256', 'RS256', 'HS256']) {
+  test(`${algorithm} with no keys file signs with a key generated at start`, async (t) => {
+    const app = await build(t, { JWT_ALGORITHM: algorithm })
+    const pair = await issue(app)
+    const { header } = decodeJwt(pair.access_token)
+    t.equal(header['alg'], algorithm)
+    t.match(header['kid'], /^dev-/)
+    t.equal((await refreshWith(app, pair.refresh_token)).statusCode, 200)
+    const jwks = (await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })).json<{ keys: unknown[] }>()
+    t.equal(jwks.keys.length, algorithm === 'HS256' ? 0 : 1)
+  })
+}

@@ -4,10 +4,17 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { test, type Test } from 'tap'
 import { ConfigError, loadConfig, parseDuration, type Algorithm, type Config } from '../src/config.js'
-import { loadKeyMaterial } from '../plugins/key-material.js'
+import { loadKeyMaterial, type KeyMaterial } from '../plugins/key-material.js'
+import { startRedis } from './helper.js'
 
 type Env = Record<string, string>
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+/** The keys a configuration loads, the active one first. */
+function ordered (config: Config): KeyMaterial[] {
+  const { active, keys } = loadKeyMaterial(config)
+  return [active, ...keys.filter((key) => key !== active)]
+}
 
 /** The error loadConfig throws for these settings; fails the test when it accepts them. */
 function configError (env: Env): ConfigError {
@@ -144,7 +151,8 @@ test('several bad variables are all listed in one error', async (t) => {
 test('TRUST_PROXY accepts addresses and CIDRs and refuses anything else by name', async (t) => {
   t.strictSame(loadConfig({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }).trustProxy, ['10.0.0.0/8', '127.0.0.1'])
   // Unchecked today: proxy-addr throws a bare TypeError inside buildApp, naming no variable.
-  for (const value of ['garbage', '10.0.0.0/33']) {
+  t.strictSame(loadConfig({ TRUST_PROXY: 'loopback,::1/128,fd00::/8' }).trustProxy, ['loopback', '::1/128', 'fd00::/8'])
+  for (const value of ['garbage', '10.0.0.0/33', '::1/129', '10.0.0.0/8/1', '10.0.0.0/x']) {
     t.match(configError({ TRUST_PROXY: value }).message, 'TRUST_PROXY', `TRUST_PROXY=${value}`)
   }
 })
@@ -171,7 +179,7 @@ test('JWT_SECRET is for HS256 only and needs at least 32 bytes', async (t) => {
   t.match(configError({ JWT_ALGORITHM: 'HS256', JWT_SECRET: 'x'.repeat(32), JWT_KEYS_FILE: '/k.json' }).message, /JWT_SECRET and JWT_KEYS_FILE/)
   const config = loadConfig({ JWT_ALGORITHM: 'HS256', JWT_SECRET: 'é'.repeat(16) })
   t.equal(config.jwtSecret, 'é'.repeat(16), '16 two-byte characters are 32 bytes')
-  const [key, ...others] = loadKeyMaterial(config)
+  const [key, ...others] = ordered(config)
   t.equal(others.length, 0)
   t.equal(key?.algorithm, 'HS256')
   t.equal(key?.publicJwk, null, 'a secret is never published')
@@ -201,24 +209,24 @@ test('an IPv6 host:port in brackets is parsed to the bare address', async (t) =>
 
 test('a JWKS of private Ed25519 keys loads, the first key active unless JWT_ACTIVE_KID says otherwise', async (t) => {
   const keys = [privateJwk('EdDSA', 'k1'), privateJwk('EdDSA', 'k2', { alg: 'EdDSA', use: 'sig' }), privateJwk('EdDSA', 'k3')]
-  const material = loadKeyMaterial(withKeysFile(t, { keys }))
+  const material = ordered(withKeysFile(t, { keys }))
   t.strictSame(material.map((key) => key.kid), ['k1', 'k2', 'k3'])
   const [active] = material
   t.has(active?.publicJwk, { kty: 'OKP', crv: 'Ed25519', kid: 'k1', alg: 'EdDSA', use: 'sig', x: keys[0]?.['x'] })
   t.notOk('d' in (active?.publicJwk ?? {}), 'the published JWK has no private part')
   t.not(active?.refreshKid, 'k1', 'the refresh kid is not a JWKS kid')
-  const chosen = loadKeyMaterial(withKeysFile(t, { keys }, { JWT_ACTIVE_KID: 'k2' }))
+  const chosen = ordered(withKeysFile(t, { keys }, { JWT_ACTIVE_KID: 'k2' }))
   t.strictSame(chosen.map((key) => key.kid), ['k2', 'k1', 'k3'], 'JWT_ACTIVE_KID first, the others still verify')
   t.equal(chosen[0]?.refreshKid, material[1]?.refreshKid, 'the refresh key follows the signing key')
 })
 
 test('ES256, RS256 and HS256 key files load too', async (t) => {
-  const es = loadKeyMaterial(withKeysFile(t, { keys: [privateJwk('ES256', 'ec-1')] }, { JWT_ALGORITHM: 'ES256' }))
+  const es = ordered(withKeysFile(t, { keys: [privateJwk('ES256', 'ec-1')] }, { JWT_ALGORITHM: 'ES256' }))
   t.has(es[0]?.publicJwk, { kty: 'EC', crv: 'P-256', alg: 'ES256', kid: 'ec-1' })
-  const rs = loadKeyMaterial(withKeysFile(t, { keys: [privateJwk('RS256', 'rsa-1', { alg: 'RS256' })] }, { JWT_ALGORITHM: 'RS256' }))
+  const rs = ordered(withKeysFile(t, { keys: [privateJwk('RS256', 'rsa-1', { alg: 'RS256' })] }, { JWT_ALGORITHM: 'RS256' }))
   t.has(rs[0]?.publicJwk, { kty: 'RSA', alg: 'RS256', kid: 'rsa-1' })
   const oct = { kty: 'oct', kid: 'hs-1', k: randomBytes(32).toString('base64url') }
-  const hs = loadKeyMaterial(withKeysFile(t, { keys: [oct] }, { JWT_ALGORITHM: 'HS256' }))
+  const hs = ordered(withKeysFile(t, { keys: [oct] }, { JWT_ALGORITHM: 'HS256' }))
   t.equal(hs[0]?.kid, 'hs-1')
   t.equal(hs[0]?.publicJwk, null)
 })
@@ -238,6 +246,9 @@ test('a bad keys file is a ConfigError naming JWT_KEYS_FILE (or JWT_ACTIVE_KID) 
     ['P-384 for ES256', { keys: [{ ...generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey.export({ format: 'jwk' }), kid: 'p384' }] },
       { JWT_ALGORITHM: 'ES256' }, /JWT_KEYS_FILE: key #1 \(p384\): not an ES256 key/],
     ['short oct key', { keys: [{ kty: 'oct', kid: 'h', k: randomBytes(31).toString('base64url') }] }, { JWT_ALGORITHM: 'HS256' }, /JWT_KEYS_FILE: key #1 \(h\).*32 bytes/],
+    ['oct key with no string k', { keys: [{ kty: 'oct', kid: 'h', k: 42 }] }, { JWT_ALGORITHM: 'HS256' }, /JWT_KEYS_FILE: key #1 \(h\).*32 bytes/],
+    ['RSA of 1024 bits', { keys: [{ ...generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ format: 'jwk' }), kid: 'r1024' }] },
+      { JWT_ALGORITHM: 'RS256' }, /JWT_KEYS_FILE: key #1 \(r1024\): not an RS256 key/],
     ['unknown active kid', { keys: [ed] }, { JWT_ACTIVE_KID: 'zz' }, /JWT_ACTIVE_KID=zz/]
   ]
   for (const [label, content, env, expected] of cases) {
@@ -268,10 +279,10 @@ interface Run { code: number | null, signal: NodeJS.Signals | null, stdout: stri
  * (it carries TS_NODE_TRANSPILE_ONLY; without it the loader type-checks and takes seconds more),
  * minus every Rotor setting, plus `env`. `onStdout` may signal the child; SIGKILL after 30 s.
  */
-async function runServer (env: Env, onStdout?: (text: string, kill: (signal: NodeJS.Signals) => void) => void): Promise<Run> {
+async function runServer (env: Env, onStdout?: (text: string, kill: (signal: NodeJS.Signals) => void) => void, cwd = ROOT): Promise<Run> {
   const inherited: Env = {}
   for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !SETTINGS.includes(name)) inherited[name] = value
-  const child = spawn(process.execPath, [...process.execArgv, 'src/server.ts'], { cwd: ROOT, env: { ...inherited, ...env } })
+  const child = spawn(process.execPath, [...process.execArgv, join(ROOT, 'src/server.ts')], { cwd, env: { ...inherited, ...env } })
   const run: Run = { code: null, signal: null, stdout: '', stderr: '', timedOut: false }
   const timer = setTimeout(() => { run.timedOut = true; child.kill('SIGKILL') }, 30_000)
   child.stderr.on('data', (chunk: Buffer) => { run.stderr += chunk.toString() })
@@ -321,4 +332,22 @@ test('with valid settings the server listens, and SIGTERM shuts it down with exi
   const generated = /generated one for this run only:\s+(\S+)/.exec(run.stderr)?.[1]
   t.type(generated, 'string', 'the generated API key is printed on stderr')
   t.notMatch(run.stdout, generated ?? '<none>', 'and never lands in the log')
+})
+
+test('the server reads a .env file in its working directory', async (t) => {
+  const dir = t.testdir({ '.env': 'ACCESS_TOKEN_TTL=2w\n' })
+  const run = await runServer({ LOG_LEVEL: 'info' }, undefined, dir)
+  t.equal(run.code, 1)
+  t.match(run.stderr, /ACCESS_TOKEN_TTL=2w/, 'the setting came from .env')
+})
+
+test('in production the server refuses a Redis that may evict keys', async (t) => {
+  const redis = await startRedis(t, ['--maxmemory-policy', 'allkeys-lru'])
+  const run = await runServer({
+    NODE_ENV: 'production', JWT_ALGORITHM: 'HS256', JWT_SECRET: 'a'.repeat(40), API_KEYS: 'production-key-0123456789', REDIS_URL: redis.url, LOG_LEVEL: 'info'
+  })
+  t.notOk(run.timedOut)
+  t.equal(run.code, 1)
+  t.match(run.stderr, /maxmemory-policy allkeys-lru/)
+  t.match(run.stdout, /may evict denylist keys/, 'and says why in the log first')
 })
