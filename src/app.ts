@@ -1,8 +1,9 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
 import type { Config } from './config.js'
-import { errorHandler, notFoundHandler } from './errors.js'
+import { BODY_LIMIT } from './errors.js'
 import { REDACT_PATHS } from './logging.js'
+import errorsPlugin from '../plugins/errors.js'
 import configPlugin from '../plugins/config.js'
 import keyringPlugin from '../plugins/keyring.js'
 import redisPlugin from '../plugins/redis.js'
@@ -14,9 +15,6 @@ import tokenRoutes from './routes/tokens.js'
 import subjectRoutes from './routes/subjects.js'
 import wellKnownRoutes from './routes/well-known.js'
 import healthRoutes from './routes/health.js'
-
-/** Largest body accepted, per the contract. */
-export const BODY_LIMIT = 16 * 1024
 
 export interface BuildOptions {
   /** A pino destination stream (tests capture the log through it); stdout by default. */
@@ -49,12 +47,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     ajv: undefined
   })
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
-  app.setErrorHandler(errorHandler)
-  app.setNotFoundHandler(notFoundHandler)
-  // JSON only: Fastify's text/plain parser would let a non-JSON body reach a route.
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: BODY_LIMIT }, app.getDefaultJsonParser('error', 'error'))
-
+  await app.register(errorsPlugin)
   await app.register(configPlugin, { config })
   await app.register(keyringPlugin, { config })
   await app.register(redisPlugin, { config })

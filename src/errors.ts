@@ -20,6 +20,9 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES
 
+/** Largest body accepted, per the contract. */
+export const BODY_LIMIT = 16 * 1024
+
 /** Seconds a client should wait after a 503 before trying again. */
 export const STORE_RETRY_AFTER = 2
 
