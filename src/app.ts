@@ -5,6 +5,8 @@ import { BODY_LIMIT } from './errors.js'
 import { REDACT_PATHS } from './logging.js'
 import errorsPlugin from '../plugins/errors.js'
 import configPlugin from '../plugins/config.js'
+import metricsPlugin from '../plugins/metrics.js'
+import openapiPlugin from '../plugins/openapi.js'
 import keyringPlugin from '../plugins/keyring.js'
 import redisPlugin from '../plugins/redis.js'
 import denylistPlugin from '../plugins/denylist.js'
@@ -49,6 +51,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   await app.register(errorsPlugin)
   await app.register(configPlugin, { config })
+  await app.register(openapiPlugin)
+  await app.register(metricsPlugin)
   await app.register(keyringPlugin, { config })
   await app.register(redisPlugin, { config })
   await app.register(denylistPlugin, { config })

@@ -101,11 +101,20 @@ export function toAppError (error: unknown): AppError {
 /** The one error handler: every answer that is not a success goes out through here. */
 export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   const appError = toAppError(error)
+  const { metrics, config } = request.server
+  metrics.errors.inc({ code: appError.code })
   if (appError.code === 'internal_error') {
     request.log.error({ err: error }, 'unexpected error')
   } else if (appError instanceof StoreUnavailableError) {
+    metrics.storeErrors.inc()
     request.log.warn({ code: appError.code, reason: appError.reason }, 'store unavailable: answered 503')
   } else if (appError instanceof TokenRejectedError) {
+    metrics.refused.inc({ code: appError.code })
+    if (appError.code === 'token_reused') {
+      const enforced = config.reuseDetection === 'enforce'
+      metrics.reuse.inc({ enforced: String(enforced) })
+      if (enforced) metrics.sessionsRevoked.inc({ reason: 'reuse' })
+    }
     request.log.info({ event: 'token.refused', code: appError.code, reason: appError.message, ...appError.token }, 'token refused')
   } else {
     request.log.info({ code: appError.code, reason: appError.message }, 'request refused')

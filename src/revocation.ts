@@ -11,12 +11,12 @@ function requireDenylist (ctx: TokenContext): void {
  * RFC 7009 revocation: a refresh token revokes its whole session, an access token itself.
  * A token that is already invalid is not an error (the caller wanted it dead; it is).
  */
-export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<void> {
+export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<'session' | 'token' | 'nothing'> {
   requireDenylist(ctx)
   const verified = ctx.keyring.check(presented, undefined, nowMs)
   if (verified instanceof TokenRejectedError) {
     ctx.log.info({ event: 'token.revoke_ignored', reason: verified.message }, 'revocation of an invalid token: nothing to do')
-    return
+    return 'nothing'
   }
   const session = sessionOf(verified.payload)
   const ref = { sub: session.sub, sid: session.sid, jti: verified.payload['jti'] as string, authTime: session.authTime }
@@ -26,6 +26,7 @@ export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Dat
     await ctx.denylist.revokeToken(ref, remainingLifeMs(ctx.config, verified.payload['exp'] as number, nowMs))
   }
   ctx.log.info({ event: verified.type === 'refresh' ? 'session.revoked' : 'token.revoked', sub: ref.sub, sid: ref.sid, jti: ref.jti }, 'revoked')
+  return verified.type === 'refresh' ? 'session' : 'token'
 }
 
 /** "Log out everywhere": every session of `sub` issued up to this second stops refreshing. */

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { Type } from 'typebox'
 import { errorResponses, EmptySchema } from '../../schemas/errors.js'
 import { SubjectParamsSchema } from '../../schemas/tokens.js'
+import { AppError } from '../errors.js'
 import { revokeSubject } from '../revocation.js'
 
 const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (app) {
@@ -12,11 +12,16 @@ const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (a
       tags: ['subjects'],
       security: [{ apiKey: [] }],
       params: SubjectParamsSchema,
-      body: Type.Union([EmptySchema, Type.Null(), Type.Undefined()], { description: 'no body, or {}' }),
+      // No body schema: "none, or {}" is not one JSON Schema (a missing body is not a JSON value).
       response: { 200: EmptySchema, ...errorResponses(400, 401, 413, 415, 429, 501, 503) }
+    },
+    preValidation: async (request) => {
+      // No body (or a JSON null) is fine; a JSON body must be exactly {}.
+      if (request.body != null && JSON.stringify(request.body) !== '{}') throw new AppError('invalid_request', 'the body must be empty or {}')
     }
   }, async (request) => {
     await revokeSubject({ keyring: app.keyring, denylist: app.denylist, config: app.config, log: request.log }, request.params.sub)
+    app.metrics.subjectsRevoked.inc()
     return {}
   })
 }

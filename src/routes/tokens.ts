@@ -42,6 +42,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const session = newSession(sub, audienceOf(app.config, aud), claims, nowSec)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
+    app.metrics.issued.inc()
     request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh, client: request.client }, 'pair issued')
     return pair
   })
@@ -56,6 +57,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     }
   }, async (request) => {
     const result = await refresh(context(request), request.body.refresh_token)
+    app.metrics.refreshed.inc({ retry: String(result.isRetry) })
     request.log.info({
       event: 'token.refreshed', sub: result.session.sub, sid: result.session.sid, jti: result.refreshJti, previous_jti: result.previousJti, retry: result.isRetry
     }, 'pair refreshed')
@@ -71,7 +73,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: EmptySchema, ...errorResponses(400, 413, 415, 429, 501, 503) }
     }
   }, async (request) => {
-    await revoke(context(request), request.body.token)
+    if (await revoke(context(request), request.body.token) === 'session') app.metrics.sessionsRevoked.inc({ reason: 'logout' })
     return {}
   })
 

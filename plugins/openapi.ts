@@ -1,0 +1,29 @@
+import fp from 'fastify-plugin'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import { ERROR_CODES } from '../src/errors.js'
+
+const ERROR_TABLE = Object.entries(ERROR_CODES).map(([code, status]) => `| ${status} | \`${code}\` |`).join('\n')
+
+/**
+ * OpenAPI 3, generated from the route schemas: GET /openapi.json, and a browsable GET /docs.
+ * Registered before the routes so that it sees them all.
+ */
+export default fp(async function openapiPlugin (app) {
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Rotor',
+        version: '1.0.0',
+        description: 'Issues and rotates JWT access/refresh pairs. Every error answer is ' +
+          '`{"statusCode", "code", "error", "message"}`; the codes are stable:\n\n| status | code |\n|---|---|\n' + ERROR_TABLE
+      },
+      components: {
+        securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS' } }
+      }
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true })
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+}, { name: 'openapi', fastify: '5.x' })
