@@ -57,6 +57,13 @@ export class MemoryDenylist implements Denylist {
     this.set(`u:${sub}`, Math.max(untilSec, this.get(`u:${sub}`, Date.now()) ?? 0), Date.now() + ttlMs)
   }
 
+  async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
+    const now = Date.now()
+    if (this.get(`l:${sub}:${id}`, now) !== null) return false
+    this.set(`l:${sub}:${id}`, 1, now + ttlMs)
+    return true
+  }
+
   async ping (): Promise<void> {}
 
   close (): void {

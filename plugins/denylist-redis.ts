@@ -50,8 +50,10 @@ type Rotate = (j: string, s: string, u: string, child: string, ...argv: Array<st
 type RevokeSubject = (u: string, until: number, ttl: number) => Promise<number>
 
 /**
- * The Redis denylist. Keys are `<prefix>{<sub>}:<kind>:<id>`: the hash tag puts every record of a
- * subject in one cluster slot, so the rotation script's keys always live together.
+ * The Redis denylist. Keys are `<prefix>{<sub>}:<kind>:<id>`, kinds: j a rotated refresh or a
+ * revoked access token, s a revoked session, u a subject's revocation, l an exchanged legacy
+ * token. The hash tag puts every record of a subject in one cluster slot, so the rotation
+ * script's keys always live together.
  */
 export class RedisDenylist implements Denylist {
   private readonly client: RedisClient
@@ -74,7 +76,7 @@ export class RedisDenylist implements Denylist {
   }
 
   /** The key of one record; exported through the class for tests that read TTLs back. */
-  key (sub: string, kind: 'j' | 's' | 'u', id = ''): string {
+  key (sub: string, kind: 'j' | 's' | 'u' | 'l', id = ''): string {
     return kind === 'u' ? `${this.prefix}{${sub}}:u` : `${this.prefix}{${sub}}:${kind}:${id}`
   }
 
@@ -117,6 +119,10 @@ export class RedisDenylist implements Denylist {
 
   async revokeSubject (sub: string, untilSec: number, ttlMs: number): Promise<void> {
     await this.guard(this.revokeSubjectScript(this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs))))
+  }
+
+  async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
+    return await this.guard(this.client.set(this.key(sub, 'l', id), '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX')) === 'OK'
   }
 
   async ping (): Promise<void> {

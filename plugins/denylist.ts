@@ -42,6 +42,8 @@ export interface Denylist {
   revokeToken: (ref: TokenRef, ttlMs: number) => Promise<void>
   revokeSession: (ref: TokenRef, ttlMs: number) => Promise<void>
   revokeSubject: (sub: string, untilSec: number, ttlMs: number) => Promise<void>
+  /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
+  consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
   /** Resolves when the store answers; throws StoreUnavailableError otherwise. */
   ping: () => Promise<void>
   close: () => void

@@ -13,10 +13,12 @@ import denylistPlugin from '../plugins/denylist.js'
 import apiKeysPlugin from '../plugins/api-keys.js'
 import corsPlugin from '../plugins/cors.js'
 import rateLimitPlugin from '../plugins/rate-limit.js'
+import legacyTokensPlugin from '../plugins/legacy-tokens.js'
 import tokenRoutes from './routes/tokens.js'
 import subjectRoutes from './routes/subjects.js'
 import wellKnownRoutes from './routes/well-known.js'
 import healthRoutes from './routes/health.js'
+import simpleJwtRoutes from './routes/simplejwt.js'
 
 export interface BuildOptions {
   /** A pino destination stream (tests capture the log through it); stdout by default. */
@@ -59,10 +61,12 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(apiKeysPlugin, { keys: config.apiKeys })
   await app.register(corsPlugin, { origins: config.corsOrigins })
   await app.register(rateLimitPlugin, { config })
+  await app.register(legacyTokensPlugin, { config })
 
   await app.register(tokenRoutes)
   await app.register(subjectRoutes)
   await app.register(wellKnownRoutes)
   await app.register(healthRoutes)
+  if (config.compatSimpleJwt) await app.register(simpleJwtRoutes)
   return app
 }

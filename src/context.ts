@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Denylist } from '../plugins/denylist.js'
 import type { Keyring } from '../plugins/keyring.js'
 import type { Config } from './config.js'
@@ -9,6 +9,12 @@ export interface TokenContext {
   denylist: Denylist
   config: Config
   log: FastifyBaseLogger
+}
+
+/** The context of one request: the app's keys, store and settings, the request's logger. */
+export function contextOf (request: FastifyRequest): TokenContext {
+  const { keyring, denylist, config } = request.server
+  return { keyring, denylist, config, log: request.log }
 }
 
 /**

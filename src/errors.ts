@@ -98,9 +98,8 @@ export function toAppError (error: unknown): AppError {
   return new AppError('internal_error', 'an unexpected error occurred')
 }
 
-/** The one error handler: every answer that is not a success goes out through here. */
-export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
-  const appError = toAppError(error)
+/** Logs and counts an error answer: one line, at the level its kind deserves. */
+export function recordError (appError: AppError, error: unknown, request: FastifyRequest): void {
   const { metrics, config } = request.server
   metrics.errors.inc({ code: appError.code })
   if (appError.code === 'internal_error') {
@@ -119,6 +118,12 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
   } else {
     request.log.info({ code: appError.code, reason: appError.message }, 'request refused')
   }
+}
+
+/** The one error handler: every answer that is not a success goes out through here. */
+export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  const appError = toAppError(error)
+  recordError(appError, error, request)
   void reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
 }
 

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errorResponses, EmptySchema } from '../../schemas/errors.js'
 import { SubjectParamsSchema } from '../../schemas/tokens.js'
+import { contextOf } from '../context.js'
 import { AppError } from '../errors.js'
 import { revokeSubject } from '../revocation.js'
 
@@ -20,7 +21,7 @@ const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (a
       if (request.body != null && JSON.stringify(request.body) !== '{}') throw new AppError('invalid_request', 'the body must be empty or {}')
     }
   }, async (request) => {
-    await revokeSubject({ keyring: app.keyring, denylist: app.denylist, config: app.config, log: request.log }, request.params.sub)
+    await revokeSubject(contextOf(request), request.params.sub)
     app.metrics.subjectsRevoked.inc()
     return {}
   })

@@ -1,13 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errorResponses, EmptySchema } from '../../schemas/errors.js'
 import { IntrospectionSchema, IssueBodySchema, RefreshBodySchema, TokenBodySchema, TokenPairSchema } from '../../schemas/tokens.js'
-import type { TokenContext } from '../context.js'
+import { contextOf } from '../context.js'
 import type { Config } from '../config.js'
 import { AppError } from '../errors.js'
-import { refresh } from '../rotation.js'
+import { refreshOrExchange } from '../legacy.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
-import type { FastifyRequest } from 'fastify'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
 function audienceOf (config: Config, asked: string | string[] | undefined): string | string[] | undefined {
@@ -21,9 +20,6 @@ function audienceOf (config: Config, asked: string | string[] | undefined): stri
 }
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) {
-  const context = (request: FastifyRequest): TokenContext =>
-    ({ keyring: app.keyring, denylist: app.denylist, config: app.config, log: request.log })
-
   app.post('/v1/tokens', {
     onRequest: [app.identifyClient, app.backendRateLimit, app.requireClient],
     schema: {
@@ -56,7 +52,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
-    const result = await refresh(context(request), request.body.refresh_token)
+    const result = await refreshOrExchange(contextOf(request), app.legacyTokens, request.body.refresh_token)
     app.metrics.refreshed.inc({ retry: String(result.isRetry) })
     request.log.info({
       event: 'token.refreshed', sub: result.session.sub, sid: result.session.sid, jti: result.refreshJti, previous_jti: result.previousJti, retry: result.isRetry
@@ -73,7 +69,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: EmptySchema, ...errorResponses(400, 413, 415, 429, 501, 503) }
     }
   }, async (request) => {
-    if (await revoke(context(request), request.body.token) === 'session') app.metrics.sessionsRevoked.inc({ reason: 'logout' })
+    if (await revoke(contextOf(request), request.body.token) === 'session') app.metrics.sessionsRevoked.inc({ reason: 'logout' })
     return {}
   })
 
@@ -86,7 +82,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       body: TokenBodySchema,
       response: { 200: IntrospectionSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request) => introspect(context(request), request.body.token))
+  }, async (request) => introspect(contextOf(request), request.body.token))
 }
 
 export default tokenRoutes
