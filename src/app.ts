@@ -4,6 +4,7 @@ import type { Config } from './config.js'
 import { BODY_LIMIT } from './errors.js'
 import { REDACT_PATHS } from './logging.js'
 import errorsPlugin from '../plugins/errors.js'
+import securityHeadersPlugin from '../plugins/security-headers.js'
 import configPlugin from '../plugins/config.js'
 import metricsPlugin from '../plugins/metrics.js'
 import openapiPlugin from '../plugins/openapi.js'
@@ -23,6 +24,8 @@ import simpleJwtRoutes from './routes/simplejwt.js'
 export interface BuildOptions {
   /** A pino destination stream (tests capture the log through it); stdout by default. */
   logStream?: NodeJS.WritableStream
+  /** How long a connection may sit idle mid-request before it is closed (ms); 10 s by default. */
+  idleTimeoutMs?: number
 }
 
 /**
@@ -42,9 +45,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     logger,
     bodyLimit: BODY_LIMIT,
     trustProxy: config.trustProxy ?? false,
-    // A body that trickles in is cut off rather than holding a socket open.
-    requestTimeout: 10_000,
-    connectionTimeout: 15_000,
+    // A body that stalls is cut off by the idle timeout; one that trickles, by the request timeout.
+    connectionTimeout: options.idleTimeoutMs ?? 10_000,
+    requestTimeout: 30_000,
     return503OnClosing: true,
     requestIdHeader: 'x-request-id',
     routerOptions: { ignoreTrailingSlash: false, maxParamLength: 1024 },
@@ -52,6 +55,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   })
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   await app.register(errorsPlugin)
+  await app.register(securityHeadersPlugin)
   await app.register(configPlugin, { config })
   await app.register(openapiPlugin)
   await app.register(metricsPlugin)

@@ -1,6 +1,7 @@
 import { test } from 'tap'
 import type { InjectOptions } from 'light-my-request'
-import { API_KEY, build, issue, listen } from './helper.js'
+import { buildApp } from '../src/app.js'
+import { API_KEY, build, issue, listen, testConfig } from './helper.js'
 
 const envelope = ['code', 'error', 'message', 'statusCode']
 
@@ -59,4 +60,39 @@ test('answers over a real socket carry no x-powered-by', async (t) => {
   const refresh = await fetch(`${base}/v1/tokens/refresh`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: pair.refresh_token }) })
   t.equal(refresh.status, 200)
   t.notOk(refresh.headers.has('x-powered-by'))
+})
+
+test('security headers fit a JSON API; token answers are never cached', async (t) => {
+  const app = await build(t)
+  const pair = await issue(app)
+  const refresh = await app.inject({ method: 'POST', url: '/v1/tokens/refresh', payload: { refresh_token: pair.refresh_token } })
+  const refused = await app.inject({ method: 'POST', url: '/v1/tokens/refresh', payload: { refresh_token: 'x' } })
+  for (const response of [refresh, refused]) {
+    t.equal(response.headers['cache-control'], 'no-store')
+    t.equal(response.headers['x-content-type-options'], 'nosniff')
+    t.equal(response.headers['x-frame-options'], 'DENY')
+    t.equal(response.headers['referrer-policy'], 'no-referrer')
+    t.notOk('x-powered-by' in response.headers)
+    t.notMatch(response.body, /\n\s+at /, 'no stack trace')
+  }
+  const jwks = await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
+  t.match(jwks.headers['cache-control'], /max-age/, 'public keys may be cached')
+})
+
+test('a body that never finishes is cut off, not held forever', async (t) => {
+  const app = await buildApp(testConfig(), { idleTimeoutMs: 500 })
+  t.teardown(async () => { await app.close() })
+  const base = await listen(app)
+  const { request } = await import('node:http')
+  const started = Date.now()
+  const outcome = await new Promise<string>((resolve) => {
+    const req = request(`${base}/v1/tokens/refresh`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': '100' } }, (res) => {
+      res.resume()
+      res.on('end', () => { resolve(`answered ${String(res.statusCode)}`) })
+    })
+    req.on('error', () => { resolve('closed') })
+    req.write('{"refresh_token": "')
+  })
+  t.ok(Date.now() - started < 3000, `cut off after ${Date.now() - started} ms`)
+  t.match(outcome, /^(closed|answered 408)$/, outcome)
 })
