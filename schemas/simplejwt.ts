@@ -9,5 +9,5 @@ export const SimplePairSchema = Type.Object({ access: Type.String(), refresh: Ty
 /** `401 {"detail": "Token is invalid or expired", "code": "token_not_valid"}`, as SimpleJWT answers. */
 export const SimpleErrorSchema = Type.Object({ detail: Type.String(), code: Type.String() }, { additionalProperties: false })
 
-/** `400 {"refresh": ["This field is required."]}`, as DRF answers a field error. */
-export const SimpleFieldErrorsSchema = Type.Record(Type.String(), Type.Array(Type.String()))
+/** `400 {"refresh": ["This field is required."]}` as DRF answers a field error, or `400 {"detail": "JSON parse error"}`. */
+export const SimpleFieldErrorsSchema = Type.Record(Type.String(), Type.Union([Type.Array(Type.String()), Type.String()]))

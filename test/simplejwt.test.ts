@@ -50,6 +50,11 @@ test('SimpleJWT error shapes: 401 token_not_valid and DRF field errors', async (
   t.equal(replay.statusCode, 401)
   t.same(replay.json(), { detail: 'Token is blacklisted', code: 'token_not_valid' }, 'a reused token, as SimpleJWT says it')
   t.same((await app.inject(post('/api/auth/token/verify/', {}))).json(), { token: ['This field is required.'] })
+  for (const payload of ['', '{"refresh":', 'nope']) {
+    const broken = await app.inject({ method: 'POST', url: '/api/auth/token/blacklist/', headers: { 'content-type': 'application/json' }, payload })
+    t.equal(broken.statusCode, 400, `body ${JSON.stringify(payload)}`)
+    t.same(broken.json(), { detail: 'JSON parse error' })
+  }
 })
 
 test('verify answers {} for an active token of either kind, 401 otherwise', async (t) => {

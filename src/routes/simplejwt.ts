@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorResponses } from '../../schemas/errors.js'
 import { SimpleErrorSchema, SimpleFieldErrorsSchema, SimplePairSchema, SimpleRefreshBodySchema, SimpleTokenBodySchema } from '../../schemas/simplejwt.js'
 import { contextOf } from '../context.js'
-import { AppError, errorHandler, recordError, TokenRejectedError } from '../errors.js'
+import { AppError, errorHandler, recordError, toAppError, TokenRejectedError } from '../errors.js'
 import { refreshOrExchange } from '../legacy.js'
 import { introspect, revoke } from '../revocation.js'
 
@@ -43,6 +43,10 @@ function simpleJwtErrors (error: unknown, request: FastifyRequest, reply: Fastif
   } else if (error instanceof TokenRejectedError) {
     recordError(error, error, request)
     void reply.code(401).send({ detail: DETAIL[error.code] ?? 'Token is invalid or expired', code: 'token_not_valid' })
+  } else if (toAppError(error).code === 'invalid_request') {
+    // A body that is not JSON at all (DRF: "JSON parse error - ...").
+    recordError(toAppError(error), error, request)
+    void reply.code(400).send({ detail: 'JSON parse error' })
   } else {
     errorHandler(error, request, reply)
   }
