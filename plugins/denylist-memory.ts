@@ -78,7 +78,8 @@ export class MemoryDenylist implements Denylist {
   private get (key: string, now: number): number | null {
     const entry = this.entries.get(key)
     if (entry === undefined) return null
-    if (entry.expiresAtMs <= now) {
+    // As Redis does: a key lives through its expiry millisecond (a token verifies through its exp).
+    if (entry.expiresAtMs < now) {
       this.entries.delete(key)
       return null
     }
@@ -91,7 +92,7 @@ export class MemoryDenylist implements Denylist {
 
   private sweep (now: number): void {
     for (const [key, entry] of this.entries) {
-      if (entry.expiresAtMs <= now) this.entries.delete(key)
+      if (entry.expiresAtMs < now) this.entries.delete(key)
     }
   }
 }
