@@ -7,6 +7,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY plugins ./plugins
 COPY schemas ./schemas
+COPY scripts ./scripts
 RUN npm run build && npm prune --omit=dev
 
 # Run stage: compiled JavaScript and production dependencies only, as a non-root user.

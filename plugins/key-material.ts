@@ -6,6 +6,21 @@ import { ConfigError, type Algorithm, type Config } from '../src/config.js'
 
 export interface PublicJwk { kty: string, kid: string, alg: string, use: string, [member: string]: unknown }
 
+/**
+ * Seconds a verifier may cache the JWKS (`Cache-Control: max-age`). A key must be published at
+ * least this long before it signs, or a verifier holding a cached JWKS refuses its tokens.
+ */
+export const JWKS_MAX_AGE = 300
+
+/**
+ * Members of a key in the private file that are Rotor's own (never published; the public JWK is
+ * rebuilt from the key itself). Both hold an ISO 8601 time.
+ * - `rotor_staged_since`: published and verifying, but not signing until `keys rotate --activate`.
+ * - `rotor_retiring_since`: stopped signing then; `keys retire` waits until its tokens have expired.
+ */
+export const STAGED_SINCE = 'rotor_staged_since'
+export const RETIRING_SINCE = 'rotor_retiring_since'
+
 /** One key of the keyring: the access-token signing key and the refresh key derived from it. */
 export interface KeyMaterial {
   kid: string
@@ -22,9 +37,15 @@ export interface KeyMaterial {
   refreshKid: string
   /** Secret for deriving successor token ids (see rotation). */
   idKey: Buffer
+  /** Published and verifying, but signing only when JWT_ACTIVE_KID names it (`rotor_staged_since`). */
+  isStaged: boolean
 }
 
-const KTY: Record<Algorithm, string> = { EdDSA: 'OKP', ES256: 'EC', RS256: 'RSA', HS256: 'oct' }
+/** The keys a configuration verifies with, and the one it signs with. */
+export interface KeySet { active: KeyMaterial, keys: KeyMaterial[] }
+
+/** The JWK `kty` of each algorithm's keys. */
+export const KTY: Record<Algorithm, string> = { EdDSA: 'OKP', ES256: 'EC', RS256: 'RSA', HS256: 'oct' }
 const REFRESH_KEY_SALT = 'rotor refresh-token key v1'
 
 function digest (...parts: Array<string | Buffer>): string {
@@ -42,7 +63,7 @@ function fromSecret (kid: string, algorithm: Algorithm, secret: Buffer, privateK
   if (privateKey === null) {
     return {
       kid, algorithm, signingKey: secret, verifyingKey: secret, publicJwk: null,
-      refreshKey, refreshKid: `rt-${digest('kid', refreshKey).slice(0, 22)}`, idKey: derive(secret, `ids:${kid}`)
+      refreshKey, refreshKid: `rt-${digest('kid', refreshKey).slice(0, 22)}`, idKey: derive(secret, `ids:${kid}`), isStaged: false
     }
   }
   const publicKey = createPublicKey(privateKey)
@@ -54,7 +75,8 @@ function fromSecret (kid: string, algorithm: Algorithm, secret: Buffer, privateK
     publicJwk: { ...publicKey.export({ format: 'jwk' }), kty: KTY[algorithm], kid, alg: algorithm, use: 'sig' },
     refreshKey,
     refreshKid: `rt-${digest('kid', refreshKey).slice(0, 22)}`,
-    idKey: derive(secret, `ids:${kid}`)
+    idKey: derive(secret, `ids:${kid}`),
+    isStaged: false
   }
 }
 
@@ -63,17 +85,23 @@ function fromPrivateKey (kid: string, algorithm: Algorithm, privateKey: KeyObjec
   return fromSecret(kid, algorithm, privateKey.export({ format: 'der', type: 'pkcs8' }), privateKey)
 }
 
+/** A new private key for an asymmetric algorithm: Ed25519, P-256, or RSA of 2048 bits. */
+export function generatePrivateKey (algorithm: Exclude<Algorithm, 'HS256'>): KeyObject {
+  const { privateKey } = algorithm === 'EdDSA'
+    ? generateKeyPairSync('ed25519')
+    : algorithm === 'ES256'
+      ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      : generateKeyPairSync('rsa', { modulusLength: 2048 })
+  return privateKey
+}
+
 /** An ephemeral key for a development start: it changes at every restart. */
 export function generateKey (algorithm: Algorithm): KeyMaterial {
   if (algorithm === 'HS256') {
     const secret = randomBytes(32)
     return fromSecret(`dev-${digest('hs', secret).slice(0, 12)}`, algorithm, secret, null)
   }
-  const { privateKey } = algorithm === 'EdDSA'
-    ? generateKeyPairSync('ed25519')
-    : algorithm === 'ES256'
-      ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
-      : generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const privateKey = generatePrivateKey(algorithm)
   const kid = `dev-${digest(createPublicKey(privateKey).export({ format: 'der', type: 'spki' })).slice(0, 12)}`
   return fromPrivateKey(kid, algorithm, privateKey)
 }
@@ -91,6 +119,10 @@ function importJwk (jwk: unknown, algorithm: Algorithm, index: number): KeyMater
 }
 
 function importJwkObject (jwk: Record<string, unknown>, algorithm: Algorithm, where: string): KeyMaterial {
+  return { ...importKey(jwk, algorithm, where), isStaged: jwk[STAGED_SINCE] !== undefined }
+}
+
+function importKey (jwk: Record<string, unknown>, algorithm: Algorithm, where: string): KeyMaterial {
   const kid = jwk['kid']
   if (typeof kid !== 'string' || !/^[\w.-]{1,64}$/.test(kid)) {
     throw new ConfigError([`${where}: needs a "kid" of 1 to 64 letters, digits, '.', '_' or '-'`])
@@ -129,8 +161,13 @@ export function readKeysFile (path: string, algorithm: Algorithm): KeyMaterial[]
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8'))
   } catch (error) {
-    throw new ConfigError([`JWT_KEYS_FILE=${path}: cannot read a JSON file (${(error as Error).name})`])
+    throw new ConfigError([`JWT_KEYS_FILE=${path}: cannot read a JSON file (${String((error as NodeJS.ErrnoException).code ?? (error as Error).name)})`])
   }
+  return parseKeysFile(parsed, path, algorithm)
+}
+
+/** Checks a parsed JWKS of private keys as {@link readKeysFile} does (`keys` checks a file before writing it). */
+export function parseKeysFile (parsed: unknown, path: string, algorithm: Algorithm): KeyMaterial[] {
   const keys = (parsed as { keys?: unknown } | null)?.keys
   if (!Array.isArray(keys) || keys.length === 0) {
     throw new ConfigError([`JWT_KEYS_FILE=${path}: expected a JWKS, {"keys": [...]}, with at least one private key`])
@@ -138,16 +175,22 @@ export function readKeysFile (path: string, algorithm: Algorithm): KeyMaterial[]
   const material = keys.map((jwk: unknown, index) => importJwk(jwk, algorithm, index))
   const kids = new Set(material.map((key) => key.kid))
   if (kids.size !== material.length) throw new ConfigError([`JWT_KEYS_FILE=${path}: two keys share a kid`])
+  if (material.every((key) => key.isStaged)) {
+    throw new ConfigError([`JWT_KEYS_FILE=${path}: every key is staged (${STAGED_SINCE}): none may sign`])
+  }
   return material
 }
 
-/** The keys this configuration verifies with, and the one it signs with. */
-export function loadKeyMaterial (config: Config): { active: KeyMaterial, keys: KeyMaterial[] } {
+/**
+ * The keys this configuration verifies with, and the one it signs with: JWT_ACTIVE_KID, or else
+ * the first key of the file that is not staged. Called again on every reload.
+ */
+export function loadKeyMaterial (config: Config): KeySet {
   const keys = config.jwtKeysFile !== null
     ? readKeysFile(config.jwtKeysFile, config.jwtAlgorithm)
     : [config.jwtSecret !== null ? secretKey(config.jwtSecret) : generateKey(config.jwtAlgorithm)]
-  // A file holds at least one key (readKeysFile checks): without JWT_ACTIVE_KID the first signs.
-  const active = config.jwtActiveKid === null ? keys[0] : keys.find((key) => key.kid === config.jwtActiveKid)
+  // readKeysFile guarantees a key that is not staged.
+  const active = config.jwtActiveKid === null ? keys.find((key) => !key.isStaged) : keys.find((key) => key.kid === config.jwtActiveKid)
   if (active === undefined) throw new ConfigError([`JWT_ACTIVE_KID=${String(config.jwtActiveKid)}: no key with that kid in JWT_KEYS_FILE`])
   return { active, keys }
 }

@@ -1,9 +1,12 @@
-import { createHmac } from 'node:crypto'
+import { createHash, createHmac } from 'node:crypto'
+import { unwatchFile, watchFile } from 'node:fs'
+import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
+import { pino } from 'pino'
 import { createSigner, createVerifier, TokenError } from 'fast-jwt'
 import type { Config } from '../src/config.js'
 import { TokenRejectedError } from '../src/errors.js'
-import { loadKeyMaterial, type KeyMaterial, type PublicJwk } from './key-material.js'
+import { loadKeyMaterial, type KeyMaterial, type KeySet, type PublicJwk } from './key-material.js'
 
 export type TokenType = 'access' | 'refresh'
 export type Payload = Record<string, unknown>
@@ -28,70 +31,135 @@ interface VerifierEntry {
   verify: (token: string) => Payload
 }
 
-export interface KeyringOptions {
-  /** The key that signs; it verifies too. */
-  active: KeyMaterial
-  /** Every key that verifies, the active one included. */
-  keys: KeyMaterial[]
+/** Verifier settings every key shares. */
+interface VerifierSettings {
   issuer: string
   audience: string[]
   leeway: number
 }
 
+export interface KeyringOptions extends KeySet, VerifierSettings {
+  /** Reads the keys again for {@link Keyring.reload} (JWT_KEYS_FILE); without it there is nothing to reload. */
+  load?: () => KeySet
+  /** Where a reload says what it did (kids only, never key material); silent by default. */
+  log?: FastifyBaseLogger
+}
+
+/** What started a reload, for the log line. */
+export type ReloadTrigger = 'signal' | 'file'
+
+/** Everything built from one set of keys; swapped as a whole, so no request sees half of two sets. */
+interface KeyringState {
+  active: KeyMaterial
+  keys: KeyMaterial[]
+  jwks: { keys: PublicJwk[] }
+  jwksEtag: string
+  signAccess: (payload: Payload) => string
+  signRefresh: (payload: Payload) => string
+  verifiers: Map<string, VerifierEntry>
+}
+
 const REQUIRED_CLAIMS = ['iss', 'sub', 'iat', 'exp', 'jti', 'sid', 'auth_time', 'token_type']
 
+function buildState ({ active, keys }: KeySet, settings: VerifierSettings): KeyringState {
+  const jwks = { keys: keys.flatMap((key) => key.publicJwk === null ? [] : [key.publicJwk]) }
+  const common = {
+    allowedIss: settings.issuer,
+    ...(settings.audience.length > 0 ? { allowedAud: settings.audience } : {}),
+    clockTolerance: settings.leeway * 1000,
+    requiredClaims: REQUIRED_CLAIMS
+  }
+  const verifiers = new Map<string, VerifierEntry>()
+  for (const key of keys) {
+    verifiers.set(key.kid, {
+      type: 'access',
+      key,
+      verify: createVerifier({ ...common, key: key.verifyingKey, algorithms: [key.algorithm], checkTyp: TYP.access })
+    })
+    verifiers.set(key.refreshKid, {
+      type: 'refresh',
+      key,
+      verify: createVerifier({ ...common, key: key.refreshKey, algorithms: ['HS256'], checkTyp: TYP.refresh })
+    })
+  }
+  return {
+    active,
+    keys,
+    jwks,
+    // Instances sharing a keys file publish the same bytes, hence the same ETag behind a balancer.
+    jwksEtag: `"${createHash('sha256').update(JSON.stringify(jwks)).digest('base64url')}"`,
+    signAccess: createSigner({
+      key: active.signingKey, algorithm: active.algorithm, kid: active.kid, header: { alg: active.algorithm, typ: TYP.access }
+    }),
+    signRefresh: createSigner({
+      key: active.refreshKey, algorithm: 'HS256', kid: active.refreshKid, header: { alg: 'HS256', typ: TYP.refresh }
+    }),
+    verifiers
+  }
+}
+
 /**
- * Signs and verifies Rotor's tokens. Signers and verifiers are built once per key; nothing in a
- * token's header chooses key material beyond looking its `kid` up among Rotor's own keys, and each
- * key verifies exactly one algorithm and one token type.
+ * Signs and verifies Rotor's tokens. Signers and verifiers are built once per key set; nothing in
+ * a token's header chooses key material beyond looking its `kid` up among Rotor's own keys, and
+ * each key verifies exactly one algorithm and one token type.
+ *
+ * The key set can be replaced while Rotor runs ({@link reload}): everything is built first and
+ * swapped in one assignment, and a key set that fails to load leaves the current one in place.
  */
 export class Keyring {
-  readonly active: KeyMaterial
-  readonly keys: KeyMaterial[]
-  readonly jwks: { keys: PublicJwk[] }
-  private readonly signAccessToken: (payload: Payload) => string
-  private readonly signRefreshToken: (payload: Payload) => string
-  private readonly verifiers = new Map<string, VerifierEntry>()
-  private readonly leewayMs: number
+  private state: KeyringState
+  private readonly settings: VerifierSettings
+  private readonly load: (() => KeySet) | undefined
+  private readonly log: FastifyBaseLogger
 
   constructor (options: KeyringOptions) {
-    const { active } = options
-    this.active = active
-    this.keys = options.keys
-    this.leewayMs = options.leeway * 1000
-    this.jwks = { keys: options.keys.flatMap((key) => key.publicJwk === null ? [] : [key.publicJwk]) }
-    this.signAccessToken = createSigner({
-      key: active.signingKey, algorithm: active.algorithm, kid: active.kid, header: { alg: active.algorithm, typ: TYP.access }
-    })
-    this.signRefreshToken = createSigner({
-      key: active.refreshKey, algorithm: 'HS256', kid: active.refreshKid, header: { alg: 'HS256', typ: TYP.refresh }
-    })
-    const common = {
-      allowedIss: options.issuer,
-      ...(options.audience.length > 0 ? { allowedAud: options.audience } : {}),
-      clockTolerance: this.leewayMs,
-      requiredClaims: REQUIRED_CLAIMS
+    this.settings = { issuer: options.issuer, audience: options.audience, leeway: options.leeway }
+    this.load = options.load
+    this.log = options.log ?? pino({ level: 'silent' })
+    this.state = buildState(options, this.settings)
+  }
+
+  /** The key that signs; it verifies too. */
+  get active (): KeyMaterial { return this.state.active }
+  /** Every key that verifies, the active one included. */
+  get keys (): KeyMaterial[] { return this.state.keys }
+  /** The public keys, as `/.well-known/jwks.json` serves them. */
+  get jwks (): { keys: PublicJwk[] } { return this.state.jwks }
+  /** A strong ETag of {@link jwks}: it changes exactly when the published keys do. */
+  get jwksEtag (): string { return this.state.jwksEtag }
+
+  /**
+   * Reads the keys again and swaps them in at once. Never throws: when the new keys cannot be
+   * loaded (unreadable file, bad key, unknown JWT_ACTIVE_KID) the current keys stay and the
+   * reason is logged at error level. Answers whether new keys were swapped in.
+   *
+   * @example
+   * process.on('SIGHUP', () => app.keyring.reload('signal'))
+   */
+  reload (trigger: ReloadTrigger): boolean {
+    if (this.load === undefined) {
+      this.log.warn({ event: 'keys.reload', trigger }, 'keys not reloaded: there is no JWT_KEYS_FILE to read again')
+      return false
     }
-    for (const key of options.keys) {
-      this.verifiers.set(key.kid, {
-        type: 'access',
-        key,
-        verify: createVerifier({ ...common, key: key.verifyingKey, algorithms: [key.algorithm], checkTyp: TYP.access })
-      })
-      this.verifiers.set(key.refreshKid, {
-        type: 'refresh',
-        key,
-        verify: createVerifier({ ...common, key: key.refreshKey, algorithms: ['HS256'], checkTyp: TYP.refresh })
-      })
+    let state: KeyringState
+    try {
+      state = buildState(this.load(), this.settings)
+    } catch (error) {
+      // A ConfigError names the file and the key at fault, never key material.
+      this.log.error({ event: 'keys.reload', trigger, reason: (error as Error).message }, 'keys not reloaded: keeping the current keys')
+      return false
     }
+    this.state = state
+    this.log.info({ event: 'keys.reload', trigger, active: state.active.kid, kids: state.keys.map((key) => key.kid) }, 'keys reloaded')
+    return true
   }
 
   signAccess (payload: Payload): string {
-    return this.signAccessToken(payload)
+    return this.state.signAccess(payload)
   }
 
   signRefresh (payload: Payload): string {
-    return this.signRefreshToken(payload)
+    return this.state.signRefresh(payload)
   }
 
   /**
@@ -113,7 +181,8 @@ export class Keyring {
       return new TokenRejectedError('token_invalid', 'the token is not a compact JWS')
     }
     const header = parseHeader(token)
-    const entry = typeof header?.['kid'] === 'string' ? this.verifiers.get(header['kid']) : undefined
+    const { verifiers } = this.state
+    const entry = typeof header?.['kid'] === 'string' ? verifiers.get(header['kid']) : undefined
     if (entry === undefined) return new TokenRejectedError('token_invalid', 'the token names no key of this service')
     if (expected !== undefined && entry.type !== expected) {
       return new TokenRejectedError('token_invalid', `expected a ${expected} token, got a ${entry.type} token`)
@@ -129,7 +198,7 @@ export class Keyring {
     }
     if (payload['token_type'] !== entry.type) return new TokenRejectedError('token_invalid', 'wrong token_type claim')
     if (!hasSessionClaims(payload)) return new TokenRejectedError('token_invalid', 'a claim Rotor sets has the wrong type')
-    if (payload['iat'] * 1000 > now + this.leewayMs) return new TokenRejectedError('token_invalid', 'the token was issued in the future')
+    if (payload['iat'] * 1000 > now + this.settings.leeway * 1000) return new TokenRejectedError('token_invalid', 'the token was issued in the future')
     return { type: entry.type, payload, key: entry.key }
   }
 
@@ -169,15 +238,38 @@ declare module 'fastify' {
   }
 }
 
+/** How often the keys file is polled, and how long it must stay still before it is read. */
+const WATCH_INTERVAL_MS = 1000
+const WATCH_SETTLE_MS = 250
+
 export default fp(async function keyringPlugin (app, opts: { config: Config }) {
   const { config } = opts
-  app.decorate('keyring', new Keyring({
+  const keysFile = config.jwtKeysFile
+  const keyring = new Keyring({
     ...loadKeyMaterial(config),
     issuer: config.jwtIssuer,
     audience: config.jwtAudience,
-    leeway: config.leeway
-  }))
-  if (config.jwtKeysFile === null && config.jwtSecret === null) {
-    app.log.warn({ kid: app.keyring.active.kid, algorithm: config.jwtAlgorithm }, 'no JWT_KEYS_FILE or JWT_SECRET: signing with an ephemeral key generated at start; tokens will not survive a restart')
+    leeway: config.leeway,
+    log: app.log,
+    ...(keysFile === null ? {} : { load: () => loadKeyMaterial(config) })
+  })
+  app.decorate('keyring', keyring)
+  if (keysFile === null) {
+    if (config.jwtSecret === null) {
+      app.log.warn({ kid: keyring.active.kid, algorithm: config.jwtAlgorithm }, 'no JWT_KEYS_FILE or JWT_SECRET: signing with an ephemeral key generated at start; tokens will not survive a restart')
+    }
+    return
   }
+  // Polling the path (stat) rather than fs.watch: it sees an atomic rename, a symlink swapped by
+  // a Kubernetes secret update, and a bind mount where inotify events do not cross.
+  let settling: NodeJS.Timeout | undefined
+  const onChange = (): void => {
+    clearTimeout(settling)
+    settling = setTimeout(() => keyring.reload('file'), WATCH_SETTLE_MS)
+  }
+  watchFile(keysFile, { interval: WATCH_INTERVAL_MS, persistent: false }, onChange)
+  app.addHook('onClose', async () => {
+    unwatchFile(keysFile, onChange)
+    clearTimeout(settling)
+  })
 }, { name: 'keyring', fastify: '5.x' })

@@ -32,8 +32,12 @@ if (config.generatedApiKey !== null) {
   process.stderr.write(`\nrotor: no API_KEYS set; generated one for this run only:\n\n    ${config.generatedApiKey}\n\n`)
 }
 
+// SIGHUP: read JWT_KEYS_FILE again (a change to the file is seen without it too); a bad file
+// keeps the current keys. close-with-grace would shut down on SIGHUP, hence the skip.
+process.on('SIGHUP', () => { app.keyring.reload('signal') })
+
 // SIGTERM/SIGINT: stop accepting, finish requests in flight, close Redis, exit 0.
-closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+closeWithGrace({ delay: 10_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
   /* c8 ignore next 2: an uncaught error, which no test provokes on purpose */
   if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
   else app.log.info({ signal }, 'shutting down')
