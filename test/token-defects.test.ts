@@ -103,7 +103,9 @@ test('headers cannot choose the key or the algorithm', async (t) => {
     ['a header that is not JSON', `${Buffer.from('{nope').toString('base64url')}.${body}.AAAA`],
     ['a header that is a JSON string', `${b64('k1')}.${body}.AAAA`],
     ['non-base64url segments', `${b64({ alg: 'EdDSA' })}.${body}.%%%`],
-    ['a very long token', accessToken(keys, { ...payload, pad: 'x'.repeat(10_000) })]
+    ['a very long token', accessToken(keys, { ...payload, pad: 'x'.repeat(10_000) })],
+    ['duplicate header keys choosing another kid', signedByAttacker({ alg: 'EdDSA', typ: 'at+jwt', kid: 'k1' }).replace(/^[^.]+/, Buffer.from('{"alg":"EdDSA","typ":"at+jwt","kid":"k1","kid":"k2"}').toString('base64url'))],
+    ['duplicate payload keys under the old signature', (() => { const [h, , s] = accessToken(keys, payload).split('.'); return `${h ?? ''}.${Buffer.from(JSON.stringify(payload).replace('{', '{"sub":"admin",')).toString('base64url')}.${s ?? ''}` })()]
   ]
   t.match(await introspectToken(app, accessToken(keys, payload)), { active: true }, 'the crafting is right')
   for (const [name, token] of forged) {
