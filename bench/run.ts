@@ -1,0 +1,731 @@
+/**
+ * Rotor's load-test harness: `npm run bench` (builds, then runs dist/bench/run.js).
+ *
+ *   --duration N          seconds measured per scenario (default 10)
+ *   --warmup N            seconds of unmeasured warm-up per scenario (default 2)
+ *   --connections N       concurrent connections (default 32)
+ *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, introspect, jwks (default all;
+ *                         hello, the ceiling, always runs first so every ratio is of this run)
+ *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
+ *                         refresh; prints bytes per record. Accepts 10k, 1m.
+ *   --soak SECONDS        only refresh: its maximum rate, then half of it for SECONDS, reporting the
+ *                         server's memory and the interval's p99 every minute (every 10 s below 300 s)
+ *   --server-env K=V      extra setting for the Rotor child (repeatable), e.g. RATE_LIMIT_ALLOW=127.0.0.1
+ *   --profile             run each server child with --cpu-prof; profiles go to bench/results/
+ *
+ * The server under test runs in a child process (bench/server.ts); autocannon runs here. Redis:
+ * TEST_REDIS_URL or redis://127.0.0.1:6379, under a prefix of this run only, deleted afterwards
+ * with SCAN + DEL (never FLUSH). Results: a table on stdout and bench/results/<timestamp>.json.
+ * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, totalmem } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import type { Redis } from 'ioredis'
+import { killAllServers, ServerProcess } from './child.js'
+import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
+import { runLoad, stopCurrentLoad, type IntervalStats, type LoadResult } from './load.js'
+import { connectRedis, countKeys, deletePrefix, escapeGlob, fillDenylist, redisVersion, usedMemory, type FillResult } from './redis.js'
+import { fmtInt, fmtMiB, fmtMs, latencyCells, loudFailures, memoryVerdict, table, type MemorySample, type MemoryVerdict } from './report.js'
+import { Minter, randomSecret, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
+
+// ---------------------------------------------------------------- options
+
+const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'introspect', 'jwks'] as const
+type ScenarioName = typeof SCENARIO_NAMES[number]
+
+interface Options {
+  duration: number
+  warmup: number
+  connections: number
+  scenarios: ScenarioName[]
+  scenariosGiven: boolean
+  denylistSizes: number[]
+  soak: number | null
+  serverEnv: Record<string, string>
+  profile: boolean
+  redisUrl: string
+}
+
+const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
+         [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
+         [--soak SECONDS] [--server-env KEY=VALUE ...] [--profile]`
+
+class UsageError extends Error {}
+
+function positive (name: string, text: string | undefined, fallback: number, min = 1): number {
+  if (text === undefined) return fallback
+  const value = Number(text)
+  if (!Number.isFinite(value) || value < min) throw new UsageError(`--${name} ${text}: expected a number of at least ${min}`)
+  return value
+}
+
+function count (text: string): number {
+  const match = /^(\d+(?:\.\d+)?)([km]?)$/i.exec(text.trim())
+  if (match === null) throw new UsageError(`--denylist-sizes: "${text}" is not a count (e.g. 10000, 10k, 1m)`)
+  const value = Number(match[1]) * ({ '': 1, k: 1e3, m: 1e6 }[String(match[2]).toLowerCase()] ?? 1)
+  if (!Number.isInteger(value) || value < 1) throw new UsageError(`--denylist-sizes: "${text}" is not a whole positive count`)
+  return value
+}
+
+function parseOptions (argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      connections: { type: 'string' },
+      scenarios: { type: 'string' },
+      'denylist-sizes': { type: 'string' },
+      soak: { type: 'string' },
+      'server-env': { type: 'string', multiple: true },
+      profile: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' }
+    }
+  })
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`)
+    process.exit(0)
+  }
+  const scenarios: ScenarioName[] = []
+  if (values.scenarios !== undefined) {
+    for (const item of values.scenarios.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+      const found = SCENARIO_NAMES.find((name) => name === item)
+      if (found === undefined) throw new UsageError(`--scenarios: unknown "${item}" (expected ${SCENARIO_NAMES.join(', ')})`)
+      if (!scenarios.includes(found)) scenarios.push(found)
+    }
+    if (scenarios.length === 0) throw new UsageError('--scenarios: name at least one')
+  }
+  const serverEnv: Record<string, string> = {}
+  for (const pair of values['server-env'] ?? []) {
+    const at = pair.indexOf('=')
+    if (at < 1) throw new UsageError(`--server-env ${pair}: expected KEY=VALUE`)
+    serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  const denylistSizes = values['denylist-sizes'] === undefined ? [] : values['denylist-sizes'].split(',').filter((s) => s.trim() !== '').map(count)
+  return {
+    duration: positive('duration', values.duration, 10),
+    warmup: positive('warmup', values.warmup, 2, 0),
+    connections: Math.floor(positive('connections', values.connections, 32)),
+    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 ? [] : [...SCENARIO_NAMES],
+    scenariosGiven: scenarios.length > 0,
+    denylistSizes,
+    soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
+    serverEnv,
+    profile: values.profile === true,
+    redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
+  }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+type BodyKind = 'none' | 'issue' | 'refresh' | 'introspect'
+
+interface Scenario {
+  name: string
+  label: string
+  server: 'hello' | 'rotor'
+  algorithm: 'EdDSA' | 'HS256'
+  method: 'GET' | 'POST'
+  path: string
+  apiKey: boolean
+  body: BodyKind
+  /** What every 2xx body must contain. */
+  expect: string
+  /** Each 2xx writes exactly one rotated-token record: checked in Redis afterwards. */
+  rotates: boolean
+}
+
+const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
+  hello: { label: 'hello world (ceiling)', server: 'hello', algorithm: 'EdDSA', method: 'GET', path: '/', apiKey: false, body: 'none', expect: '"hello"', rotates: false },
+  issue: { label: 'issue (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens', apiKey: true, body: 'issue', expect: '"refresh_token"', rotates: false },
+  refresh: { label: 'refresh (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
+  'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
+  introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
+  jwks: { label: 'JWKS', server: 'rotor', algorithm: 'EdDSA', method: 'GET', path: '/.well-known/jwks.json', apiKey: false, body: 'none', expect: '"keys"', rotates: false }
+}
+
+function scenario (name: ScenarioName, overrides: Partial<Scenario> = {}): Scenario {
+  return { name, ...SCENARIOS[name], ...overrides }
+}
+
+// ---------------------------------------------------------------- run state
+
+/**
+ * Every key of this run lives under it, each scenario under its own `<RUN_PREFIX><n>:`. Short
+ * (13 bytes with the scenario's part, against 6 for Rotor's default `rotor:`) so that the bytes per
+ * denylist record stay close to a real deployment's.
+ */
+const RUN_PREFIX = `rb${randomBytes(4).toString('hex')}:`
+let scenarioCount = 0
+const API_KEY = `bench-${randomBytes(18).toString('base64url')}`
+const HS256_SECRET = randomSecret()
+let keysFile: string | null = null
+
+const failures: string[] = []
+/** Not failures, but reasons to distrust a number (another workload on the machine). */
+const warnings: string[] = []
+let redis: Redis | null = null
+let options: Options
+
+function fail (message: string): void {
+  failures.push(message)
+  process.stderr.write(`bench: FAILURE: ${message}\n`)
+}
+
+function say (message: string): void {
+  process.stdout.write(`${message}\n`)
+}
+
+function rotorEnv (algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
+  keysFile ??= writeEd25519KeysFile()
+  return {
+    LOG_LEVEL: 'silent',
+    API_KEYS: API_KEY,
+    REDIS_URL: options.redisUrl,
+    REDIS_KEY_PREFIX: prefix,
+    DENYLIST_ENABLED: 'true',
+    // Rate limiting stays on, as deployed (its Redis round trip included), but never refuses.
+    RATE_LIMIT_MAX: '1000000000',
+    JWT_ALGORITHM: algorithm,
+    ...(algorithm === 'HS256' ? { JWT_SECRET: HS256_SECRET } : { JWT_KEYS_FILE: keysFile }),
+    ...options.serverEnv,
+    ...extra
+  }
+}
+
+// ---------------------------------------------------------------- one scenario
+
+/**
+ * Each 2xx refresh records exactly one rotated jti, a refused or retried one none: the records
+ * found must lie between the 2xx answered and the tokens sent (requests still in flight when
+ * autocannon stops are processed but never counted). Fewer than the 2xx would mean a 2xx that
+ * rotated nothing: a grace-window retry, i.e. a token used twice.
+ */
+interface RedisCheck { fill: number, answered2xx: number, sent: number, found: number, ok: boolean }
+
+async function checkRotations (prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
+  if (redis === null) return null
+  const found = await countKeys(redis, `${escapeGlob(prefix)}{*}:j:*`) - fill
+  const ok = found >= answered2xx && found <= sent
+  if (!ok) fail(`Redis holds ${found} rotated-token records under ${prefix}, expected between ${answered2xx} (2xx answered) and ${sent} (tokens sent)`)
+  else say(`  Redis: ${fmtInt(found)} rotated-token records${fill > 0 ? ' besides the fill' : ''} for ${fmtInt(answered2xx)} 2xx answered and ${fmtInt(sent)} tokens sent: every 2xx was a first use`)
+  return { fill, answered2xx, sent, found, ok }
+}
+
+function cpuLine (cpu: CpuShare): string {
+  const f = (n: number | null): string => n === null ? '?' : n.toFixed(2)
+  return `CPU in cores: server ${f(cpu.server)}, bench (autocannon) ${f(cpu.bench)}, Redis ${f(cpu.redis)}, everything else ${f(cpu.others)}`
+}
+
+interface ScenarioResult {
+  name: string
+  label: string
+  redisKeyPrefix: string
+  denylistEntries: number
+  fill: FillResult | null
+  server: { kind: string, algorithm: string | null, env: Record<string, string> }
+  warmup: { seconds: number, rps: number, non2xx: number, errors: number } | null
+  measured: LoadResult | null
+  attempts: number
+  tokensMinted: number
+  ratioToCeiling: number | null
+  /** Cores used during the measured run, by whom. */
+  cpu: CpuShare | null
+  redisCheck: RedisCheck | null
+  cleanup: { keysDeleted: number, seconds: number } | null
+  error: string | null
+}
+
+/** Where bodies come from: pre-minted (one use each) for refresh and introspect. */
+class BodyPool {
+  private bodies: string[] = []
+  private index = 0
+  readonly next = (): string | undefined => this.index < this.bodies.length ? this.bodies[this.index++] : undefined
+  fill (bodies: string[]): void {
+    this.bodies = bodies
+    this.index = 0
+  }
+
+  get size (): number {
+    return this.bodies.length
+  }
+}
+
+function issueBodies (): string[] {
+  return Array.from({ length: 1024 }, (_, i) => JSON.stringify({ sub: `user-${i}`, claims: { role: 'editor' } }))
+}
+
+function mint (minter: Minter, kind: BodyKind, n: number): string[] {
+  return kind === 'refresh' ? minter.refreshBodies(n) : minter.introspectBodies(n)
+}
+
+function describeFailures (result: LoadResult): string {
+  const codes = Object.entries(result.statusCodes).filter(([code]) => !code.startsWith('2')).map(([code, n]) => `${code}×${n}`).join(', ')
+  const parts = []
+  if (result.non2xx > 0) parts.push(`${result.non2xx} non-2xx (${codes})`)
+  if (result.errors > 0) parts.push(`${result.errors} connection errors`)
+  if (result.timeouts > 0) parts.push(`${result.timeouts} timeouts`)
+  if (result.mismatches > 0) parts.push(`${result.mismatches} 2xx with an unexpected body`)
+  const sample = result.sampleFailures[0]
+  return parts.join(', ') + (sample === undefined ? '' : `; first: ${sample}`)
+}
+
+function unhealthy (result: LoadResult): boolean {
+  return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
+}
+
+async function preflight (server: ServerProcess, s: Scenario, body: string | undefined): Promise<void> {
+  const response = await fetch(`${server.url}${s.path}`, {
+    method: s.method,
+    headers: { ...(s.apiKey ? { authorization: `Bearer ${API_KEY}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body })
+  })
+  const text = await response.text()
+  if (!response.ok || !text.includes(s.expect)) {
+    throw new Error(`preflight ${s.method} ${s.path}: ${response.status} ${text.slice(0, 300)}`)
+  }
+}
+
+interface RunScenarioOptions {
+  ceilingRps: number | null
+  fillEntries?: number
+  /** Soak: keep the server up and hand it over instead of stopping it. */
+  keepServer?: boolean
+  exposeGc?: boolean
+}
+
+async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
+  const prefix = `${RUN_PREFIX}${++scenarioCount}:`
+  const env = s.server === 'rotor' ? rotorEnv(s.algorithm, prefix) : {}
+  const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
+  const result: ScenarioResult = {
+    name: s.name,
+    label: s.label,
+    redisKeyPrefix: prefix,
+    denylistEntries: opts.fillEntries ?? 0,
+    fill: null,
+    server: { kind: s.server, algorithm: s.server === 'rotor' ? s.algorithm : null, env: shownEnv },
+    warmup: null,
+    measured: null,
+    attempts: 0,
+    tokensMinted: 0,
+    ratioToCeiling: null,
+    cpu: null,
+    redisCheck: null,
+    cleanup: null,
+    error: null
+  }
+  say(`\n▶ ${s.label} (Redis keys under ${prefix})`)
+  let server: ServerProcess | null = null
+  let minter: Minter | null = null
+  let rotations2xx = 0
+  let tokensSent = 0
+  try {
+    if (opts.fillEntries !== undefined && opts.fillEntries > 0) {
+      if (redis === null) throw new Error('no Redis connection')
+      say(`  filling the denylist with ${fmtInt(opts.fillEntries)} records …`)
+      const fill = await fillDenylist(redis, options.redisUrl, prefix, opts.fillEntries, 7 * 86_400_000)
+      result.fill = fill
+      say(`  filled in ${fill.seconds.toFixed(1)} s (${fmtInt(fill.perSecond)} SET/s); used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
+      say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
+    }
+
+    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(options.profile ? { profileDir: resultsDir(), profileName: `${scenarioCount}-${s.name}` } : {}) })
+    say(`  server pid ${server.pid} at ${server.url}`)
+    if (s.body === 'refresh' || s.body === 'introspect') minter = new Minter(env)
+
+    const pool = new BodyPool()
+    const issue = issueBodies()
+    let issueIndex = 0
+    const bodyFor = (): (() => string | undefined) | undefined => {
+      if (s.body === 'none') return undefined
+      if (s.body === 'issue') return () => issue[issueIndex++ % issue.length]
+      return pool.next
+    }
+    const mintInto = (n: number): void => {
+      if (minter === null) return
+      const started = process.hrtime.bigint()
+      pool.fill(mint(minter, s.body, n))
+      result.tokensMinted += n
+      say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
+    }
+
+    // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
+    const first = s.body === 'none' ? undefined : s.body === 'issue' ? issue[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
+    if (minter !== null) result.tokensMinted += 1
+    await preflight(server, s, first)
+    if (s.rotates) rotations2xx += 1
+    tokensSent += 1
+
+    const source = bodyFor()
+    const url = server.url
+    const load = async (duration: number, limit: number | undefined): Promise<LoadResult> => runLoad({
+      url,
+      method: s.method,
+      path: s.path,
+      ...(s.apiKey ? { headers: { authorization: `Bearer ${API_KEY}` } } : {}),
+      ...(source === undefined ? {} : { body: source }),
+      ...(limit === undefined ? {} : { limit }),
+      duration,
+      connections: options.connections,
+      verify: (body) => body.includes(s.expect)
+    })
+    const pooled = s.body === 'refresh' || s.body === 'introspect'
+    // Nothing beats the ceiling.
+    const guess = opts.ceilingRps ?? 25_000
+
+    let warmRps = guess
+    if (options.warmup > 0) {
+      // The warm-up may run short of tokens: it then just ends early (nothing is measured).
+      if (pooled) mintInto(Math.ceil(Math.min(guess, 25_000) * options.warmup) + 1000)
+      const warm = await load(options.warmup, pooled ? pool.size : undefined)
+      if (s.rotates) rotations2xx += warm.statusCodes['200'] ?? 0
+      tokensSent += warm.bodiesUsed
+      result.warmup = { seconds: warm.seconds, rps: warm.rps, non2xx: warm.non2xx, errors: warm.errors + warm.timeouts }
+      warmRps = warm.rps
+      say(`  warm-up ${warm.seconds.toFixed(1)} s: ${fmtInt(warm.rps)} req/s`)
+      if (unhealthy(warm)) fail(`${s.label}: warm-up: ${describeFailures(warm)}`)
+    }
+
+    let measured: LoadResult | null = null
+    // Enough distinct tokens for the whole duration: the warm-up's rate with a wide margin (a cold
+    // warm-up can be slow), but at least half the ceiling's; if it still runs out, mint more and
+    // measure again rather than ever sending a token twice.
+    let poolSize = Math.ceil(Math.max(warmRps * 2.5, (opts.ceilingRps ?? 0) * 0.5) * options.duration) + 2000
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      result.attempts = attempt
+      if (pooled) mintInto(poolSize)
+      say(`  measuring ${options.duration} s with ${options.connections} connections${attempt > 1 ? ` (attempt ${attempt})` : ''} …`)
+      const before = await cpuSnapshot(server, redis)
+      measured = await load(options.duration, pooled ? pool.size : undefined)
+      result.cpu = cpuShare(before, await cpuSnapshot(server, redis))
+      if (s.rotates) rotations2xx += measured.statusCodes['200'] ?? 0
+      tokensSent += measured.bodiesUsed
+      if (!measured.exhausted) break
+      if (unhealthy(measured)) fail(`${s.label}: attempt ${attempt}: ${describeFailures(measured)}`)
+      say(`  the token pool (${fmtInt(poolSize)}) ran out after ${measured.seconds.toFixed(1)} s: minting more and measuring again`)
+      poolSize *= 3
+    }
+    if (measured === null) throw new Error('nothing measured')
+    result.measured = measured
+    if (measured.exhausted) fail(`${s.label}: the pool of distinct tokens ran out twice; the run is shorter than --duration`)
+    if (unhealthy(measured)) fail(`${s.label}: ${describeFailures(measured)}`)
+    if (opts.ceilingRps !== null && s.server !== 'hello') result.ratioToCeiling = measured.rps / opts.ceilingRps
+    say(`  ${fmtInt(measured.rps)} req/s, p50 ${fmtMs(measured.latency.p50)} ms, p99 ${fmtMs(measured.latency.p99)} ms, p99.9 ${fmtMs(measured.latency.p999)} ms, non-2xx ${measured.non2xx}`)
+    if (result.cpu !== null) say(`  ${cpuLine(result.cpu)}`)
+    if (result.cpu?.others !== null && result.cpu?.others !== undefined && result.cpu.others > 0.25) {
+      const warning = `${s.label}: other processes used ${result.cpu.others.toFixed(2)} cores during the measurement: its numbers are low and noisy`
+      warnings.push(warning)
+      say(`  warning: ${warning}`)
+    }
+
+    if (opts.keepServer === true) return { result, server, minter, prefix, rotations: rotations2xx, sent: tokensSent }
+    await server.stop()
+    server = null
+    if (s.rotates) result.redisCheck = await checkRotations(prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
+  } catch (error) {
+    result.error = error instanceof Error ? error.message : String(error)
+    fail(`${s.label}: ${result.error}`)
+  } finally {
+    if (server !== null && opts.keepServer !== true) await server.stop()
+    if (redis !== null && opts.keepServer !== true && s.server === 'rotor') {
+      const started = process.hrtime.bigint()
+      const keysDeleted = await deletePrefix(redis, prefix)
+      result.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
+      if (keysDeleted > 10_000) say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${result.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
+    }
+  }
+  return { result, server: opts.keepServer === true ? server : null, minter, prefix, rotations: rotations2xx, sent: tokensSent }
+}
+
+// ---------------------------------------------------------------- soak
+
+interface SoakInterval extends IntervalStats {
+  memory: MemorySample | null
+  /** Cores the server used over the interval. */
+  serverCpu: number | null
+}
+
+interface SoakReport {
+  seconds: number
+  intervalSeconds: number
+  maxRps: number
+  targetRps: number
+  baseline: MemorySample | null
+  intervals: SoakInterval[]
+  load: Omit<LoadResult, 'intervals'> | null
+  verdict: MemoryVerdict | null
+  redisCheck: RedisCheck | null
+  cleanup: { keysDeleted: number, seconds: number } | null
+}
+
+function sampleOf (at: number, usage: NodeJS.MemoryUsage): MemorySample {
+  return { at, rss: usage.rss, heapUsed: usage.heapUsed, heapTotal: usage.heapTotal, external: usage.external }
+}
+
+/**
+ * Refresh at half the maximum rate just measured, for `seconds`: every interval, the server's
+ * memory after a full GC (the child runs with --expose-gc; the GC pause is the server's own, a few
+ * ms on a heap this small) and the interval's latency. Growth is judged by memoryVerdict.
+ */
+async function runSoak (seconds: number, results: ScenarioResult[]): Promise<SoakReport> {
+  const intervalSeconds = seconds >= 300 ? 60 : 10
+  const report: SoakReport = { seconds, intervalSeconds, maxRps: 0, targetRps: 0, baseline: null, intervals: [], load: null, verdict: null, redisCheck: null, cleanup: null }
+  const s = scenario('refresh')
+  const { result, server, minter, prefix, rotations, sent } = await runScenario(s, { ceilingRps: null, keepServer: true, exposeGc: true })
+  results.push(result)
+  try {
+    if (server === null || minter === null || result.measured === null) throw new Error('the maximum refresh rate could not be measured')
+    report.maxRps = result.measured.rps
+    report.targetRps = Math.max(1, Math.floor(result.measured.rps / 2))
+    const first = await server.stats(true)
+    report.baseline = sampleOf(0, first.memory)
+    let lastCpu = first.cpu
+    let lastAt = process.hrtime.bigint()
+    say(`\n▶ soak: refresh at ${fmtInt(report.targetRps)} req/s (half of the ${fmtInt(report.maxRps)} measured) for ${seconds} s; every ${intervalSeconds} s the server's memory after a full GC`)
+    say('  (autocannon\'s overallRate releases each second\'s budget at the start of the second: latencies include draining that burst)')
+    say(`  baseline: rss ${fmtMiB(report.baseline.rss)}, heap used ${fmtMiB(report.baseline.heapUsed)} of ${fmtMiB(report.baseline.heapTotal)}`)
+    const header = ['t s', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'server CPU', 'rss', 'heap used', 'heap total']
+    const widths = header.map((h) => Math.max(h.length, 10))
+    const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 10)).join(' ')
+    say(`  ${line(header)}`)
+    const samples: MemorySample[] = []
+    const load = await runLoad({
+      url: server.url,
+      method: 'POST',
+      path: s.path,
+      // Minted just in time (an HMAC each, a few µs here): a long soak would need millions up front.
+      body: () => `{"refresh_token":"${minter.refreshToken()}"}`,
+      duration: seconds,
+      connections: options.connections,
+      overallRate: report.targetRps,
+      verify: (body) => body.includes(s.expect),
+      interval: {
+        seconds: intervalSeconds,
+        report: async (stats) => {
+          let memory: MemorySample | null = null
+          let serverCpu: number | null = null
+          try {
+            const now = await server.stats(true)
+            const at = process.hrtime.bigint()
+            memory = sampleOf(stats.at, now.memory)
+            serverCpu = ((now.cpu.user + now.cpu.system) - (lastCpu.user + lastCpu.system)) / 1e6 / (Number(at - lastAt) / 1e9)
+            lastCpu = now.cpu
+            lastAt = at
+            samples.push(memory)
+          } catch (error) {
+            fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
+          }
+          report.intervals.push({ ...stats, memory, serverCpu })
+          say(`  ${line([stats.at.toFixed(0), fmtInt(stats.rps), fmtMs(stats.latency.p50), fmtMs(stats.latency.p99), fmtMs(stats.latency.p999), String(stats.non2xx),
+            serverCpu === null ? '?' : serverCpu.toFixed(2), memory === null ? '?' : fmtMiB(memory.rss), memory === null ? '?' : fmtMiB(memory.heapUsed), memory === null ? '?' : fmtMiB(memory.heapTotal)])}`)
+        }
+      }
+    })
+    const { intervals: _intervals, ...rest } = load
+    report.load = rest
+    if (unhealthy(load)) fail(`soak: ${describeFailures(load)}`)
+    say(`  soak total: ${fmtInt(load.responses)} refreshes in ${load.seconds.toFixed(0)} s, ${fmtInt(load.rps)} req/s, p50 ${fmtMs(load.latency.p50)} ms, p99 ${fmtMs(load.latency.p99)} ms, p99.9 ${fmtMs(load.latency.p999)} ms`)
+    report.verdict = memoryVerdict(samples)
+    say(`  ${report.verdict.text}`)
+    if (report.verdict.grew) fail(`soak: ${report.verdict.text}`)
+    await server.stop()
+    report.redisCheck = await checkRotations(prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
+  } catch (error) {
+    fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
+  } finally {
+    if (server !== null) await server.stop()
+    if (redis !== null) {
+      const started = process.hrtime.bigint()
+      const keysDeleted = await deletePrefix(redis, prefix)
+      report.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
+      say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${report.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
+    }
+  }
+  return report
+}
+
+// ---------------------------------------------------------------- main
+
+interface Machine { cpus: number, cpuModel: string, memoryBytes: number, node: string, platform: string, redis: string, loadAverageAtStart: number[] }
+
+async function main (): Promise<number> {
+  try {
+    options = parseOptions(process.argv.slice(2))
+  } catch (error) {
+    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
+    return 2
+  }
+  const startedAt = new Date()
+  try {
+    redis = await connectRedis(options.redisUrl)
+  } catch (error) {
+    process.stderr.write(`bench: cannot reach Redis at ${options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
+    return 1
+  }
+  const machine: Machine = {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    memoryBytes: totalmem(),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    redis: await redisVersion(redis),
+    loadAverageAtStart: loadavg()
+  }
+  say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, Redis ${machine.redis} at ${options.redisUrl}`)
+  say(`server in a child process, autocannon here, ${options.connections} connections, ${options.warmup} s warm-up + ${options.duration} s per scenario; keys under ${RUN_PREFIX}* (deleted afterwards)`)
+
+  const results: ScenarioResult[] = []
+  const denylist: Array<{ entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }> = []
+  let soak: SoakReport | null = null
+  let ceilingRps: number | null = null
+
+  if (options.soak !== null) {
+    soak = await runSoak(options.soak, results)
+  } else {
+    const names: ScenarioName[] = ['hello', ...options.scenarios.filter((name) => name !== 'hello')]
+    if (options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
+    for (const name of names) {
+      const { result } = await runScenario(scenario(name), { ceilingRps })
+      results.push(result)
+      if (name === 'hello' && result.measured !== null) ceilingRps = result.measured.rps
+    }
+    const baseline = results.find((r) => r.name === 'refresh')?.measured?.rps ?? null
+    for (const entries of options.denylistSizes) {
+      const before = await usedMemory(redis)
+      const { result } = await runScenario(scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
+      results.push(result)
+      const after = await usedMemory(redis)
+      const rps = result.measured?.rps ?? null
+      denylist.push({ entries, fill: result.fill, rps, ratioToRefresh: rps === null || baseline === null ? null : rps / baseline })
+      say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
+    }
+  }
+
+  // ------------------------------------------------------------ report
+  const rows = results.filter((r) => r.measured !== null || r.error !== null).map((r) => {
+    const m = r.measured
+    if (m === null) return [`!! ${r.label}`, 'FAILED', '', '', '', '', '', '', '', '', '', '']
+    const bad = unhealthy(m) || m.exhausted
+    const cores = (n: number | null | undefined): string => n === null || n === undefined ? '?' : n.toFixed(2)
+    return [
+      `${bad ? '!! ' : ''}${r.label}`,
+      fmtInt(m.rps),
+      ...latencyCells(m.latency),
+      String(m.non2xx),
+      String(m.errors + m.timeouts),
+      r.ratioToCeiling === null ? (r.name === 'hello' ? '1.000' : '') : r.ratioToCeiling.toFixed(3),
+      cores(r.cpu?.server), cores(r.cpu?.bench), cores(r.cpu?.redis), cores(r.cpu?.others)
+    ]
+  })
+  say('')
+  say(table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows))
+  say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  if (denylist.length > 0) {
+    say('')
+    say(table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
+      denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
+        d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)])))
+  }
+
+  const finishedAt = new Date()
+  const file = writeResults(startedAt, {
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    ok: failures.length === 0,
+    failures,
+    warnings,
+    machine,
+    options: { ...options, redisUrl: options.redisUrl.replace(/\/\/[^@/]*@/, '//***@') },
+    notes: [
+      'latencies in ms from every response (exact percentiles); autocannonLatency is autocannon\'s own histogram (whole ms)',
+      'rps = completed responses / measured seconds; warm-up excluded',
+      'server under test in a child process, load generator in this process, Redis on the same machine: all share the cores'
+    ],
+    ceilingRps,
+    scenarios: results,
+    denylist,
+    soak
+  })
+  if (warnings.length > 0) say(`\nwarning: ${warnings.length} measurement${warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
+  say(`\nresults: ${file}`)
+  if (failures.length > 0) {
+    process.stdout.write(loudFailures(failures))
+    // Seen even when stdout goes to a file.
+    if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stderr.write(loudFailures(failures))
+    return 1
+  }
+  return 0
+}
+
+function shortCount (n: number): string {
+  return n >= 1e6 && n % 1e5 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 100 === 0 ? `${n / 1e3}k` : String(n)
+}
+
+function resultsDir (): string {
+  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
+  mkdirSync(dir, { recursive: true })
+  return dir
+}
+
+function writeResults (startedAt: Date, data: unknown): string {
+  const dir = resultsDir()
+  const path = `${dir}${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
+  writeFileSync(path, `${JSON.stringify(data, null, 2)}\n`)
+  return path
+}
+
+// ---------------------------------------------------------------- every exit path
+
+async function cleanUp (): Promise<void> {
+  killAllServers()
+  removeKeysFiles()
+  if (redis !== null) {
+    const client = redis
+    redis = null
+    try {
+      const deleted = await Promise.race([
+        deletePrefix(client, RUN_PREFIX),
+        new Promise<number>((_resolve, reject) => setTimeout(() => { reject(new Error('timed out')) }, 60_000).unref())
+      ])
+      if (deleted > 0) say(`cleanup: deleted ${fmtInt(deleted)} leftover keys under ${RUN_PREFIX}`)
+    } catch (error) {
+      process.stderr.write(`bench: could not delete keys under ${RUN_PREFIX}: ${error instanceof Error ? error.message : String(error)}; delete them with SCAN MATCH '${RUN_PREFIX}*' + DEL\n`)
+    } finally {
+      client.disconnect()
+    }
+  }
+}
+
+let exiting = false
+async function abort (why: string, code: number): Promise<void> {
+  if (exiting) process.exit(code)
+  exiting = true
+  process.stderr.write(`\nbench: ${why}; stopping the server and cleaning Redis …\n`)
+  stopCurrentLoad()
+  await cleanUp()
+  process.exit(code)
+}
+
+process.on('exit', () => { killAllServers(); removeKeysFiles() })
+process.on('SIGINT', () => { void abort('interrupted', 130) })
+process.on('SIGTERM', () => { void abort('terminated', 143) })
+process.on('SIGHUP', () => { void abort('hung up', 129) })
+process.on('uncaughtException', (error) => { process.stderr.write(`${error.stack ?? String(error)}\n`); void abort('uncaught exception', 1) })
+process.on('unhandledRejection', (error) => { process.stderr.write(`${error instanceof Error ? error.stack ?? error.message : String(error)}\n`); void abort('unhandled rejection', 1) })
+
+let code = 1
+try {
+  code = await main()
+} catch (error) {
+  process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
+  code = 1
+} finally {
+  await cleanUp()
+}
+process.exit(code)

@@ -1,0 +1,86 @@
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { loadConfig, type Config } from '../src/config.js'
+import { Keyring } from '../plugins/keyring.js'
+import { loadKeyMaterial } from '../plugins/key-material.js'
+import { mintAccessToken, mintRefreshToken, newSession, randomId } from '../src/tokens.js'
+
+/** How many distinct users the minted tokens belong to (each token is its own session). */
+export const SUBJECTS = 100_000
+const CLAIMS = { role: 'editor' }
+
+let keysDir: string | null = null
+
+/**
+ * A JWKS with one Ed25519 private key, in a private temp directory: the server child and the bench
+ * load the same key, so tokens the bench mints are tokens the server accepts. Removed on exit.
+ */
+export function writeEd25519KeysFile (): string {
+  keysDir ??= mkdtempSync(join(tmpdir(), 'rotor-bench-'))
+  const path = join(keysDir, 'keys.json')
+  const { privateKey } = generateKeyPairSync('ed25519')
+  const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'bench-ed25519', alg: 'EdDSA' }
+  writeFileSync(path, JSON.stringify({ keys: [jwk] }), { mode: 0o600 })
+  return path
+}
+
+export function removeKeysFiles (): void {
+  if (keysDir !== null) rmSync(keysDir, { recursive: true, force: true })
+  keysDir = null
+}
+
+export function randomSecret (): string {
+  return randomBytes(32).toString('base64url')
+}
+
+/**
+ * Mints tokens with Rotor's own code (Keyring, mintRefreshToken, mintAccessToken) from the same
+ * settings the server child gets: exactly what POST /v1/tokens would answer, without spending the
+ * server's CPU on it. Every token is a new session of one of SUBJECTS users, with a fresh jti.
+ */
+export class Minter {
+  readonly config: Config
+  private readonly keyring: Keyring
+  private counter = 0
+
+  constructor (env: Record<string, string>) {
+    this.config = loadConfig(env)
+    this.keyring = new Keyring({
+      ...loadKeyMaterial(this.config),
+      issuer: this.config.jwtIssuer,
+      audience: this.config.jwtAudience,
+      leeway: this.config.leeway
+    })
+  }
+
+  private session (nowSec: number): ReturnType<typeof newSession> {
+    const n = this.counter++
+    return newSession(`user-${n % SUBJECTS}`, this.config.jwtAudience[0], { ...CLAIMS }, nowSec)
+  }
+
+  refreshToken (): string {
+    const nowSec = Math.floor(Date.now() / 1000)
+    return mintRefreshToken(this.keyring, this.config, this.session(nowSec), nowSec, randomId()).token
+  }
+
+  accessToken (): string {
+    const nowSec = Math.floor(Date.now() / 1000)
+    return mintAccessToken(this.keyring, this.config, this.session(nowSec), nowSec, randomId()).token
+  }
+
+  /** `count` request bodies for POST /v1/tokens/refresh, each with its own refresh token. */
+  refreshBodies (count: number): string[] {
+    const bodies = new Array<string>(count)
+    for (let i = 0; i < count; i++) bodies[i] = `{"refresh_token":"${this.refreshToken()}"}`
+    return bodies
+  }
+
+  /** `count` request bodies for POST /v1/tokens/introspect, each with its own access token. */
+  introspectBodies (count: number): string[] {
+    const bodies = new Array<string>(count)
+    for (let i = 0; i < count; i++) bodies[i] = `{"token":"${this.accessToken()}"}`
+    return bodies
+  }
+}
