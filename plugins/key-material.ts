@@ -62,8 +62,15 @@ function fromSecret (kid: string, algorithm: Algorithm, secret: Buffer, privateK
   const refreshKey = derive(secret, `refresh:${kid}`)
   if (privateKey === null) {
     return {
-      kid, algorithm, signingKey: secret, verifyingKey: secret, publicJwk: null,
-      refreshKey, refreshKid: `rt-${digest('kid', refreshKey).slice(0, 22)}`, idKey: derive(secret, `ids:${kid}`), isStaged: false
+      kid,
+      algorithm,
+      signingKey: secret,
+      verifyingKey: secret,
+      publicJwk: null,
+      refreshKey,
+      refreshKid: `rt-${digest('kid', refreshKey).slice(0, 22)}`,
+      idKey: derive(secret, `ids:${kid}`),
+      isStaged: false
     }
   }
   const publicKey = createPublicKey(privateKey)

@@ -11,15 +11,19 @@ export class Metrics {
   readonly refreshed = new Counter({
     name: 'rotor_tokens_refreshed_total', help: 'Pairs refreshed; retry="true" for a repeat within the grace window', labelNames: ['retry'], registers: [this.registry]
   })
+
   readonly refused = new Counter({
     name: 'rotor_tokens_refused_total', help: 'Tokens refused, by error code', labelNames: ['code'], registers: [this.registry]
   })
+
   readonly reuse = new Counter({
     name: 'rotor_refresh_reuse_total', help: 'Rotated refresh tokens presented again after the grace window; enforced="false" under REUSE_DETECTION=log', labelNames: ['enforced'], registers: [this.registry]
   })
+
   readonly sessionsRevoked = new Counter({
     name: 'rotor_sessions_revoked_total', help: 'Sessions revoked, by reason (logout, reuse)', labelNames: ['reason'], registers: [this.registry]
   })
+
   readonly subjectsRevoked = new Counter({ name: 'rotor_subjects_revoked_total', help: 'Log-out-everywhere calls', registers: [this.registry] })
   readonly storeErrors = new Counter({ name: 'rotor_store_errors_total', help: 'Requests answered 503 because the store did not answer', registers: [this.registry] })
   readonly errors = new Counter({ name: 'rotor_http_errors_total', help: 'Error answers, by contract code', labelNames: ['code'], registers: [this.registry] })
@@ -56,7 +60,7 @@ export default fp(async function metricsPlugin (app) {
   app.get('/metrics', {
     schema: { summary: 'Prometheus metrics, text exposition format', tags: ['operations'], hide: false }
   }, async (_request, reply) => {
-    void reply.header('content-type', metrics.registry.contentType)
+    reply.header('content-type', metrics.registry.contentType)
     return metrics.registry.metrics()
   })
 }, { name: 'metrics', fastify: '5.x' })

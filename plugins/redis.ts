@@ -121,7 +121,7 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   client.on('ready', () => {
     health.up()
     // Redis may come back with another configuration: check again on every (re)connection.
-    if (started) void checkEvictionPolicy(client, app.log, false).catch(() => {})
+    if (started) checkEvictionPolicy(client, app.log, false).catch(() => {})
   })
   client.on('error', (error: Error) => { health.down(error.message) })
   client.on('close', () => { health.down('connection closed') })

@@ -7,10 +7,10 @@ import fp from 'fastify-plugin'
  */
 export default fp(async function securityHeadersPlugin (app) {
   app.addHook('onSend', async (request, reply) => {
-    void reply.header('x-content-type-options', 'nosniff')
-    void reply.header('x-frame-options', 'DENY')
-    void reply.header('referrer-policy', 'no-referrer')
-    void reply.header('cross-origin-resource-policy', 'same-site')
-    if (request.method === 'POST') void reply.header('cache-control', 'no-store')
+    reply.header('x-content-type-options', 'nosniff')
+    reply.header('x-frame-options', 'DENY')
+    reply.header('referrer-policy', 'no-referrer')
+    reply.header('cross-origin-resource-policy', 'same-site')
+    if (request.method === 'POST') reply.header('cache-control', 'no-store')
   })
 }, { name: 'security-headers', fastify: '5.x' })

@@ -124,11 +124,11 @@ export function recordError (appError: AppError, error: unknown, request: Fastif
 export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   const appError = toAppError(error)
   recordError(appError, error, request)
-  void reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
+  reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
 }
 
 export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): void {
   // The query string is left out: it is the caller's, and may hold anything.
   const error = new AppError('not_found', `no route ${request.method} ${request.url.replace(/\?.*$/s, '')}`)
-  void reply.code(error.statusCode).send(errorBody(error))
+  reply.code(error.statusCode).send(errorBody(error))
 }

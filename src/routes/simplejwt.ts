@@ -37,16 +37,16 @@ const DETAIL: Partial<Record<string, string>> = {
  */
 function simpleJwtErrors (error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   if (error instanceof FieldError) {
-    void reply.code(400).send({ [error.field]: [error.message] })
+    reply.code(400).send({ [error.field]: [error.message] })
   } else if ((error as { validation?: unknown }).validation !== undefined) {
-    void reply.code(400).send({ non_field_errors: ['Invalid data. Expected a dictionary.'] })
+    reply.code(400).send({ non_field_errors: ['Invalid data. Expected a dictionary.'] })
   } else if (error instanceof TokenRejectedError) {
     recordError(error, error, request)
-    void reply.code(401).send({ detail: DETAIL[error.code] ?? 'Token is invalid or expired', code: 'token_not_valid' })
+    reply.code(401).send({ detail: DETAIL[error.code] ?? 'Token is invalid or expired', code: 'token_not_valid' })
   } else if (toAppError(error).code === 'invalid_request') {
     // A body that is not JSON at all (DRF: "JSON parse error - ...").
     recordError(toAppError(error), error, request)
-    void reply.code(400).send({ detail: 'JSON parse error' })
+    reply.code(400).send({ detail: 'JSON parse error' })
   } else {
     errorHandler(error, request, reply)
   }

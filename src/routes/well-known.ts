@@ -25,7 +25,7 @@ const wellKnownRoutes: FastifyPluginAsyncTypebox = async function wellKnownRoute
     const { jwks, jwksEtag } = app.keyring
     // Verifiers cache for JWKS_MAX_AGE and then revalidate cheaply with the ETag; a key is
     // published at least that long before it signs (`keys rotate --stage`, see README).
-    void reply.header('cache-control', `public, max-age=${JWKS_MAX_AGE}`).header('etag', jwksEtag)
+    reply.header('cache-control', `public, max-age=${JWKS_MAX_AGE}`).header('etag', jwksEtag)
     const ifNoneMatch = request.headers['if-none-match']
     if (ifNoneMatch !== undefined && matchesEtag(ifNoneMatch, jwksEtag)) return reply.code(304).send()
     return jwks
