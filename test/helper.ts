@@ -179,3 +179,34 @@ export async function introspectToken (app: FastifyInstance, token: string): Pro
   const response = await app.inject({ method: 'POST', url: '/v1/tokens/introspect', headers: { authorization: `Bearer ${API_KEY}` }, payload: { token } })
   return response.json<Record<string, unknown>>()
 }
+
+/**
+ * A Redis Cluster of the test's own: `masters` redis-servers with --cluster-enabled on free
+ * ports, joined by `redis-cli --cluster create`, each stopped by PID at teardown.
+ */
+export async function startCluster (t: Test & { testdir: () => string }, masters = 3): Promise<{ nodes: string, servers: OwnRedis[] }> {
+  const dir = t.testdir()
+  const servers: OwnRedis[] = []
+  for (let i = 0; i < masters; i++) {
+    const port = await freePort()
+    servers.push(new OwnRedis(port, ['--cluster-enabled', 'yes', '--cluster-config-file', `${dir}/nodes-${port}.conf`, '--cluster-node-timeout', '2000']))
+  }
+  t.teardown(async () => { for (const server of servers) await server.stop() })
+  for (const server of servers) await server.start()
+  const addresses = servers.map((server) => `127.0.0.1:${server.port}`)
+  await new Promise<void>((resolve, reject) => {
+    const create = spawn('redis-cli', ['--cluster', 'create', ...addresses, '--cluster-yes'], { stdio: 'ignore' })
+    create.on('exit', (code) => { code === 0 ? resolve() : reject(new Error(`redis-cli --cluster create exited ${String(code)}`)) })
+  })
+  // The cluster is usable once every node agrees that all slots are served.
+  const probe = new Redis(servers[0]?.url ?? '', { lazyConnect: true })
+  probe.on('error', () => {})
+  await probe.connect()
+  const deadline = Date.now() + 10_000
+  while (!(await probe.cluster('INFO') as string).includes('cluster_state:ok')) {
+    if (Date.now() > deadline) throw new Error('the cluster did not become ready')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  probe.disconnect()
+  return { nodes: addresses.join(','), servers }
+}
