@@ -18,6 +18,8 @@ declare module 'fastify' {
     publicRateLimit: onRequestHookHandler
     /** One budget per API key (per IP for requests with no valid key), shared by the backend routes. */
     backendRateLimit: onRequestHookHandler
+    /** The onRequest hooks of every backend route, in order: who is calling, their budget, then 401 if no one. */
+    backendGuards: onRequestHookHandler[]
   }
 }
 
@@ -56,4 +58,5 @@ export default fp(async function rateLimitPlugin (app, opts: { config: Config })
   app.decorate('backendRateLimit', app.rateLimit({
     keyGenerator: (request: FastifyRequest) => request.client ?? `anon:${normalizeIP(request.ip)}`
   }))
+  app.decorate('backendGuards', [app.identifyClient, app.backendRateLimit, app.requireClient])
 }, { name: 'rate-limit', dependencies: ['api-keys'], fastify: '5.x' })

@@ -4,7 +4,7 @@ import { errorResponses } from '../../schemas/errors.js'
 import { SimpleErrorSchema, SimpleFieldErrorsSchema, SimplePairSchema, SimpleRefreshBodySchema, SimpleTokenBodySchema } from '../../schemas/simplejwt.js'
 import { contextOf } from '../context.js'
 import { AppError, errorHandler, recordError, toAppError, TokenRejectedError } from '../errors.js'
-import { refreshOrExchange } from '../legacy.js'
+import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 
 /** A DRF field error: `400 {"<field>": ["<message>"]}`. */
@@ -70,9 +70,7 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
     onRequest: app.publicRateLimit,
     schema: schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema)
   }, async (request) => {
-    const result = await refreshOrExchange(contextOf(request), app.legacyTokens, requiredString(request.body, 'refresh'))
-    app.metrics.refreshed.inc({ retry: String(result.isRetry) })
-    request.log.info({ event: 'token.refreshed', sub: result.session.sub, sid: result.session.sid, jti: result.refreshJti, previous_jti: result.previousJti, retry: result.isRetry, route: 'simplejwt' }, 'pair refreshed')
+    const result = await refreshFor(request, requiredString(request.body, 'refresh'))
     return { access: result.pair.access_token, refresh: result.pair.refresh_token }
   })
 

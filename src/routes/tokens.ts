@@ -4,7 +4,7 @@ import { IntrospectionSchema, IssueBodySchema, RefreshBodySchema, TokenBodySchem
 import { contextOf } from '../context.js'
 import type { Config } from '../config.js'
 import { AppError } from '../errors.js'
-import { refreshOrExchange } from '../legacy.js'
+import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
 
@@ -21,7 +21,7 @@ function audienceOf (config: Config, asked: string | string[] | undefined): stri
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) {
   app.post('/v1/tokens', {
-    onRequest: [app.identifyClient, app.backendRateLimit, app.requireClient],
+    onRequest: app.backendGuards,
     schema: {
       summary: 'Issue a pair for a subject the calling backend has authenticated',
       tags: ['tokens'],
@@ -52,12 +52,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
     }
   }, async (request) => {
-    const result = await refreshOrExchange(contextOf(request), app.legacyTokens, request.body.refresh_token)
-    app.metrics.refreshed.inc({ retry: String(result.isRetry) })
-    request.log.info({
-      event: 'token.refreshed', sub: result.session.sub, sid: result.session.sid, jti: result.refreshJti, previous_jti: result.previousJti, retry: result.isRetry
-    }, 'pair refreshed')
-    return result.pair
+    return (await refreshFor(request, request.body.refresh_token)).pair
   })
 
   app.post('/v1/tokens/revoke', {
@@ -74,7 +69,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/introspect', {
-    onRequest: [app.identifyClient, app.backendRateLimit, app.requireClient],
+    onRequest: app.backendGuards,
     schema: {
       summary: 'Introspect a token (RFC 7662): active, with its claims, or inactive',
       tags: ['tokens'],
