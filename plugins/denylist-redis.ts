@@ -46,33 +46,35 @@ return 1
 /** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
 const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 
-type Rotate = (j: string, s: string, u: string, child: string, ...argv: Array<string | number>) => Promise<[string, string]>
-type RevokeSubject = (u: string, until: number, ttl: number) => Promise<number>
+/** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
+type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
+type Send = (...args: Array<string | number>) => unknown
+interface Queue { exec: () => Promise<unknown> }
+
+/** How many replicas must confirm each write (Redis WAIT), and for how long to wait for them. */
+export interface Durability { replicas: number, timeoutMs: number }
 
 /**
  * The Redis denylist. Keys are `<prefix>{<sub>}:<kind>:<id>`, kinds: j a rotated refresh or a
  * revoked access token, s a revoked session, u a subject's revocation, l an exchanged legacy
  * token. The hash tag puts every record of a subject in one cluster slot, so the rotation
- * script's keys always live together.
+ * script's keys always live together (and a WAIT behind a write goes to the node that took it).
  */
 export class RedisDenylist implements Denylist {
   private readonly client: RedisClient
   private readonly prefix: string
-  private readonly rotateScript: Rotate
-  private readonly revokeSubjectScript: RevokeSubject
   private readonly health: RedisHealth | null
+  private readonly durability: Durability
   /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
   private clockOffsetMs = 0
 
-  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null) {
+  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null, durability: Durability = { replicas: 0, timeoutMs: 0 }) {
     this.client = client
     this.prefix = prefix
     this.health = health
+    this.durability = durability
     client.defineCommand('rotorRotate', { numberOfKeys: 4, lua: ROTATE })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 1, lua: REVOKE_SUBJECT })
-    const commands = client as unknown as { rotorRotate: Rotate, rotorRevokeSubject: RevokeSubject }
-    this.rotateScript = commands.rotorRotate.bind(client)
-    this.revokeSubjectScript = commands.rotorRevokeSubject.bind(client)
   }
 
   /** The key of one record; exported through the class for tests that read TTLs back. */
@@ -90,12 +92,12 @@ export class RedisDenylist implements Denylist {
 
   async rotate (input: RotateInput): Promise<RotateOutcome> {
     const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
-    const [status, at] = await this.guard(this.rotateScript(
+    const [status, at] = await this.write('rotorRotate',
       this.key(input.sub, 'j', input.jti), this.key(input.sub, 's', input.sid), this.key(input.sub, 'u'),
       this.key(input.sub, 'j', input.childJti),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.authTime, input.enforce ? 1 : 0,
       Math.max(1, Math.ceil(input.sessionTtlMs)), deadline
-    ))
+    ) as [string, string]
     if (status === 'late') throw new StoreUnavailableError('Redis ran the rotation after its deadline; nothing was recorded')
     if (status === 'rotated' || status === 'grace') return { status, rotatedAtMs: Number(at) }
     return { status: status === 'revoked' ? 'revoked' : 'reused' }
@@ -110,19 +112,19 @@ export class RedisDenylist implements Denylist {
   }
 
   async revokeToken (ref: TokenRef, ttlMs: number): Promise<void> {
-    await this.guard(this.client.set(this.key(ref.sub, 'j', ref.jti), '0', 'PX', Math.max(1, Math.ceil(ttlMs))))
+    await this.write('set', this.key(ref.sub, 'j', ref.jti), '0', 'PX', Math.max(1, Math.ceil(ttlMs)))
   }
 
   async revokeSession (ref: TokenRef, ttlMs: number): Promise<void> {
-    await this.guard(this.client.set(this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs))))
+    await this.write('set', this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs)))
   }
 
   async revokeSubject (sub: string, untilSec: number, ttlMs: number): Promise<void> {
-    await this.guard(this.revokeSubjectScript(this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs))))
+    await this.write('rotorRevokeSubject', this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs)))
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
-    return await this.guard(this.client.set(this.key(sub, 'l', id), '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX')) === 'OK'
+    return await this.write('set', this.key(sub, 'l', id), '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX') === 'OK'
   }
 
   async ping (): Promise<void> {
@@ -130,6 +132,27 @@ export class RedisDenylist implements Denylist {
   }
 
   close (): void {}
+
+  /**
+   * Sends a write. With REDIS_WAIT_REPLICAS, a WAIT follows it in the same round trip on the same
+   * connection, and a write fewer replicas confirmed is a 503: Redis took it, but a failover
+   * could lose it, so nobody is told it is done (a retry within the grace window is safe).
+   */
+  private async write (command: WriteCommand, ...args: Array<string | number>): Promise<unknown> {
+    const { replicas, timeoutMs } = this.durability
+    if (replicas === 0) return await this.guard((this.client as unknown as Record<WriteCommand, Send>)[command](...args) as Promise<unknown>)
+    const queue = this.client.pipeline() as unknown as Record<WriteCommand | 'wait', Send> & Queue
+    queue[command](...args)
+    queue.wait(replicas, timeoutMs)
+    // A pipeline's exec answers one [error, reply] per command (null only for a discarded MULTI).
+    const results = await this.guard(queue.exec()) as [[Error | null, unknown], [Error | null, number]]
+    for (const [error] of results) if (error !== null) await this.guard(Promise.reject(error))
+    const [[, reply], [, confirmed]] = results
+    if (confirmed < replicas) {
+      throw new StoreUnavailableError(`only ${confirmed} of ${replicas} Redis replicas confirmed a denylist write within ${timeoutMs} ms (REDIS_WAIT_REPLICAS)`)
+    }
+    return reply
+  }
 
   /** Every failure becomes a 503; a timeout on an open connection also marks Redis unreachable. */
   private async guard<T> (pending: Promise<T>): Promise<T> {

@@ -60,7 +60,8 @@ export default fp(async function denylistPlugin (app, opts: { config: Config }) 
   if (app.redis === null) {
     denylist = new MemoryDenylist()
   } else {
-    const redisDenylist = new RedisDenylist(app.redis, opts.config.redisKeyPrefix, app.redisHealth)
+    const { redisKeyPrefix, redisWaitReplicas, redisWaitTimeoutMs } = opts.config
+    const redisDenylist = new RedisDenylist(app.redis, redisKeyPrefix, app.redisHealth, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs })
     const sync = (): void => { redisDenylist.syncClock().catch(() => {}) }
     app.redis.on('ready', sync)
     if (app.redis.status === 'ready') sync()

@@ -21,6 +21,9 @@ function failFast (commandTimeout: number) {
     autoResendUnfulfilledCommands: false,
     disconnectTimeout: 100,
     retryStrategy: (times: number) => Math.min(times * 50, 500),
+    // A primary demoted to replica (a failover it missed) refuses writes: reconnect, and a
+    // sentinel client asks the sentinels again for the primary. The failed command gets its 503.
+    reconnectOnError: (error: Error) => error.message.startsWith('READONLY'),
     lazyConnect: true
   } satisfies RedisOptions
 }

@@ -20,6 +20,9 @@ export interface Config {
   isProduction: boolean
   redis: RedisSetting
   redisKeyPrefix: string
+  /** After every denylist write, wait for this many replicas to confirm it (Redis WAIT); 0: do not wait. */
+  redisWaitReplicas: number
+  redisWaitTimeoutMs: number
   denylistEnabled: boolean
   rotateRefreshTokens: boolean
   accessTokenTtl: number
@@ -185,6 +188,9 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     isProduction,
     redis,
     redisKeyPrefix: read('REDIS_KEY_PREFIX') ?? 'rotor:',
+    redisWaitReplicas: integer('REDIS_WAIT_REPLICAS', 0, 0, 16),
+    // Under the command timeout (1 s), so that a write that waits in vain still answers its 503 in time.
+    redisWaitTimeoutMs: integer('REDIS_WAIT_TIMEOUT_MS', 100, 1, 500),
     denylistEnabled,
     rotateRefreshTokens: boolean('ROTATE_REFRESH_TOKENS', true),
     accessTokenTtl: duration('ACCESS_TOKEN_TTL', '60m', 1),

@@ -1,6 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
@@ -95,9 +98,12 @@ export class OwnRedis {
   readonly port: number
   private process: ChildProcess | null = null
   private readonly args: string[]
-  constructor (port: number, args: string[] = []) {
+  private readonly configFile: string[]
+  /** `configFile`: a config file to start from (a sentinel needs one it can rewrite). */
+  constructor (port: number, args: string[] = [], configFile?: string) {
     this.port = port
     this.args = args
+    this.configFile = configFile === undefined ? [] : [configFile]
   }
 
   get url (): string {
@@ -105,7 +111,10 @@ export class OwnRedis {
   }
 
   async start (): Promise<void> {
-    this.process = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...this.args], { stdio: 'ignore' })
+    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dbfilename', `rotor-test-${this.port}.rdb`, ...this.args], {
+      // A replica saves what it syncs: into the temporary folder, under a name of its own.
+      stdio: 'ignore', cwd: tmpdir()
+    })
     const client = new Redis(this.url, { lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 0 })
     client.on('error', () => {})
     const deadline = Date.now() + 5000
@@ -181,32 +190,137 @@ export async function introspectToken (app: FastifyInstance, token: string): Pro
 }
 
 /**
- * A Redis Cluster of the test's own: `masters` redis-servers with --cluster-enabled on free
- * ports, joined by `redis-cli --cluster create`, each stopped by PID at teardown.
+ * A primary with one replica and a sentinel watching them (quorum 1, a primary is down after
+ * 500 ms): failover takes a couple of seconds. Returns REDIS_SENTINELS and the servers.
  */
-export async function startCluster (t: Test & { testdir: () => string }, masters = 3): Promise<{ nodes: string, servers: OwnRedis[] }> {
+export async function startSentinel (t: Test & { testdir: () => string }, name = 'rotor'): Promise<{ sentinels: string, primary: OwnRedis, replica: OwnRedis, sentinel: OwnRedis }> {
+  const fast = ['--repl-diskless-sync-delay', '0']
+  const primary = await startRedis(t, fast)
+  const replica = await startRedis(t, [...fast, '--replicaof', '127.0.0.1', String(primary.port)])
+  await until('the replica to sync', async () => String(await redisCommand(replica.url, 'INFO', 'replication')).includes('master_link_status:up'))
+  const port = await freePort()
+  const configFile = join(t.testdir(), `sentinel-${port}.conf`)
+  await writeFile(configFile, [
+    `sentinel monitor ${name} 127.0.0.1 ${primary.port} 1`,
+    `sentinel down-after-milliseconds ${name} 500`,
+    `sentinel failover-timeout ${name} 2000`,
+    ''
+  ].join('\n'))
+  const sentinel = new OwnRedis(port, ['--sentinel'], configFile)
+  t.teardown(async () => { await sentinel.stop() })
+  await sentinel.start()
+  await until('the sentinel to see the replica', async () => {
+    const replicas = await redisCommand(sentinel.url, 'SENTINEL', 'REPLICAS', name) as unknown[]
+    return replicas.length === 1
+  })
+  return { sentinels: `127.0.0.1:${port}`, primary, replica, sentinel }
+}
+
+/** Refresh traffic over a real socket: users each refresh in a loop, retrying their own token after a refusal, as a client would. */
+export class RefreshTraffic {
+  /** How many answers had each status. */
+  readonly statuses = new Map<number, number>()
+  /** The contract codes of the refusals. */
+  readonly codes = new Set<string>()
+  private readonly tokens: string[]
+  private readonly lastServed: number[]
+  private stopped = false
+  private readonly loops: Array<Promise<void>>
+
+  constructor (base: string, refreshTokens: string[]) {
+    this.tokens = [...refreshTokens]
+    this.lastServed = this.tokens.map(() => 0)
+    this.loops = this.tokens.map(async (_, i) => {
+      while (!this.stopped) {
+        const response = await fetch(`${base}/v1/tokens/refresh`, {
+          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: this.tokens[i] }), signal: AbortSignal.timeout(5000)
+        })
+        const body = await response.json() as { refresh_token?: string, code?: string }
+        this.statuses.set(response.status, (this.statuses.get(response.status) ?? 0) + 1)
+        if (response.status === 200) {
+          this.tokens[i] = String(body.refresh_token)
+          this.lastServed[i] = Date.now()
+        } else {
+          this.codes.add(String(body.code))
+          await new Promise((resolve) => setTimeout(resolve, 20))
+        }
+      }
+    })
+  }
+
+  /** How many users got a 200 after `time` (ms since the epoch). */
+  servedSince (time: number): number {
+    return this.lastServed.filter((served) => served > time).length
+  }
+
+  get users (): number {
+    return this.tokens.length
+  }
+
+  async stop (): Promise<void> {
+    this.stopped = true
+    await Promise.all(this.loops)
+  }
+}
+
+/** Polls until `check` holds (or throws past the deadline): for states reached asynchronously. */
+export async function until (what: string, check: () => Promise<boolean>, withinMs = 10_000): Promise<void> {
+  const deadline = Date.now() + withinMs
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Runs one command on one redis-server with a throwaway connection. */
+export async function redisCommand (url: string, command: string, ...args: Array<string | number>): Promise<unknown> {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    return await client.call(command, ...args)
+  } finally {
+    client.disconnect()
+  }
+}
+
+async function run (command: string, args: string[]): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(command, args, { stdio: 'ignore' })
+    child.on('exit', (code) => { code === 0 ? resolve() : reject(new Error(`${command} ${args.join(' ')} exited ${String(code)}`)) })
+  })
+}
+
+export interface OwnCluster {
+  /** The seeds, as REDIS_CLUSTER_NODES takes them. */
+  nodes: string
+  servers: OwnRedis[]
+}
+
+/**
+ * A Redis Cluster of the test's own: `masters` redis-servers with --cluster-enabled on free
+ * ports (and `replicas` per master), joined by `redis-cli --cluster create`, each stopped by PID
+ * at teardown. A short node timeout makes failover quick.
+ */
+export async function startCluster (t: Test & { testdir: () => string }, options: { masters?: number, replicas?: number, nodeTimeoutMs?: number } = {}): Promise<OwnCluster> {
+  const { masters = 3, replicas = 0, nodeTimeoutMs = 2000 } = options
   const dir = t.testdir()
   const servers: OwnRedis[] = []
-  for (let i = 0; i < masters; i++) {
+  for (let i = 0; i < masters * (1 + replicas); i++) {
     const port = await freePort()
-    servers.push(new OwnRedis(port, ['--cluster-enabled', 'yes', '--cluster-config-file', `${dir}/nodes-${port}.conf`, '--cluster-node-timeout', '2000']))
+    servers.push(new OwnRedis(port, ['--cluster-enabled', 'yes', '--cluster-config-file', `${dir}/nodes-${port}.conf`, '--cluster-node-timeout', String(nodeTimeoutMs), '--repl-diskless-sync-delay', '0']))
   }
   t.teardown(async () => { for (const server of servers) await server.stop() })
-  for (const server of servers) await server.start()
+  await Promise.all(servers.map(async (server) => { await server.start() }))
   const addresses = servers.map((server) => `127.0.0.1:${server.port}`)
-  await new Promise<void>((resolve, reject) => {
-    const create = spawn('redis-cli', ['--cluster', 'create', ...addresses, '--cluster-yes'], { stdio: 'ignore' })
-    create.on('exit', (code) => { code === 0 ? resolve() : reject(new Error(`redis-cli --cluster create exited ${String(code)}`)) })
-  })
-  // The cluster is usable once every node agrees that all slots are served.
-  const probe = new Redis(servers[0]?.url ?? '', { lazyConnect: true })
-  probe.on('error', () => {})
-  await probe.connect()
-  const deadline = Date.now() + 10_000
-  while (!(await probe.cluster('INFO') as string).includes('cluster_state:ok')) {
-    if (Date.now() > deadline) throw new Error('the cluster did not become ready')
-    await new Promise((resolve) => setTimeout(resolve, 100))
+  await run('redis-cli', ['--cluster', 'create', ...addresses, '--cluster-replicas', String(replicas), '--cluster-yes'])
+  // Usable once every node agrees that all slots are served, and every replica has its copy.
+  for (const server of servers) {
+    await until('the cluster to be ready', async () => {
+      const info = await redisCommand(server.url, 'CLUSTER', 'INFO') as string
+      const role = await redisCommand(server.url, 'INFO', 'replication') as string
+      return info.includes('cluster_state:ok') && (role.includes('role:master') || role.includes('master_link_status:up'))
+    })
   }
-  probe.disconnect()
   return { nodes: addresses.join(','), servers }
 }

@@ -1,0 +1,46 @@
+import { test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshWith, startSentinel, until, type Pair } from './helper.js'
+
+// One primary, one replica, one sentinel for the file; the failover test comes last.
+test('behind Redis Sentinel', async (t) => {
+  const redis = await startSentinel(t, 'rotor')
+  const app = await build(t, { REDIS_URL: '', REDIS_SENTINELS: redis.sentinels, REDIS_SENTINEL_NAME: 'rotor', REFRESH_REUSE_GRACE: '0' })
+  const base = await listen(app)
+
+  await t.test('rotation, reuse, revocation and log-out-everywhere work as on one node', async (t) => {
+    t.same((await app.inject({ method: 'GET', url: '/health/ready' })).json(), { status: 'ok', store: 'redis' })
+    const pair = await issue(app, { sub: 'alice' })
+    const rotated = await refreshWith(app, pair.refresh_token)
+    t.equal(rotated.statusCode, 200)
+    t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_reused')
+    t.equal((await refreshWith(app, rotated.json<Pair>().refresh_token)).json().code, 'token_revoked', 'reuse revoked the session')
+    const revoked = await issue(app, { sub: 'bob' })
+    await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+    t.same(await introspectToken(app, revoked.access_token), { active: false })
+    const everywhere = await issue(app, { sub: 'carol' })
+    await app.inject({ method: 'POST', url: '/v1/subjects/carol/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
+    t.equal((await refreshWith(app, everywhere.refresh_token)).json().code, 'token_revoked')
+  })
+
+  await t.test('the primary killed mid-traffic: 503 until the sentinel promotes the replica, never 500 nor a logout', async (t) => {
+    const users = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await issue(app, { sub: `user-${i}` })).refresh_token))
+    const revoked = await issue(app, { sub: 'mallory' })
+    await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+    const traffic = new RefreshTraffic(base, users)
+    await sleep(300)
+    await redis.primary.stop()
+    const killedAt = Date.now()
+    await until('the sentinel to promote the replica', async () => String(await redisCommand(redis.replica.url, 'INFO', 'replication')).includes('role:master'), 15_000)
+    await until('every user to be served by the new primary', async () => traffic.servedSince(killedAt) === traffic.users, 15_000)
+    const recoveredInMs = Date.now() - killedAt
+    await traffic.stop()
+
+    t.same([...traffic.statuses.keys()].filter((status) => status !== 200 && status !== 503), [], 'only 200 and 503, never 500 or 401')
+    t.same([...traffic.codes].filter((code) => code !== 'denylist_unavailable'), [], 'every 503 is denylist_unavailable')
+    t.ok((traffic.statuses.get(503) ?? 0) > 0, 'refreshes got 503 while there was no primary')
+    t.equal((await app.inject({ method: 'GET', url: '/health/ready' })).statusCode, 200, 'ready again')
+    t.same(await introspectToken(app, revoked.access_token), { active: false }, 'a revocation made well before the failover survived it')
+    t.comment(`sentinel failover: ${traffic.statuses.get(200) ?? 0} refreshes 200, ${traffic.statuses.get(503) ?? 0} answered 503; every user served again ${recoveredInMs} ms after the kill`)
+  })
+})
