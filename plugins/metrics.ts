@@ -35,6 +35,9 @@ export class Metrics {
     registers: [this.registry]
   })
 
+  /** What /metrics answers: this registry; with WORKERS > 1, every worker's, summed (src/workers.ts). */
+  collect: () => Promise<string> = async () => await this.registry.metrics()
+
   constructor () {
     collectDefaultMetrics({ register: this.registry })
   }
@@ -61,6 +64,6 @@ export default fp(async function metricsPlugin (app) {
     schema: { summary: 'Prometheus metrics, text exposition format', tags: ['operations'], hide: false }
   }, async (_request, reply) => {
     reply.header('content-type', metrics.registry.contentType)
-    return metrics.registry.metrics()
+    return await metrics.collect()
   })
 }, { name: 'metrics', fastify: '5.x' })

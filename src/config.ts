@@ -16,6 +16,8 @@ export type RedisSetting =
 export interface Config {
   port: number
   host: string
+  /** Processes serving requests (node:cluster); 1: this process alone. */
+  workers: number
   logLevel: string
   isProduction: boolean
   redis: RedisSetting
@@ -183,6 +185,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
 
   const config: Config = {
     port: integer('PORT', 8080, 0, 65535),
+    workers: integer('WORKERS', 1, 1, 64),
     host: read('HOST') ?? '127.0.0.1',
     logLevel: oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     isProduction,
@@ -217,6 +220,12 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   }
   if (config.redisKeyPrefix.includes('{') || config.redisKeyPrefix.includes('}')) {
     problems.push('REDIS_KEY_PREFIX: must not contain { or } (Rotor places its own hash tags)')
+  }
+  if (config.workers > 1) {
+    // Each worker is a process of its own: whatever one would generate or keep in memory, the others would not share.
+    if (jwtKeysFile === null && jwtSecret === null) problems.push('WORKERS > 1 needs JWT_KEYS_FILE (or JWT_SECRET): each worker would generate keys of its own')
+    if (apiKeys.length === 0) problems.push('WORKERS > 1 needs API_KEYS: each worker would generate a key of its own')
+    if (redis.kind === 'memory') problems.push('WORKERS > 1 needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS: an in-process denylist and rate limit are not shared between workers')
   }
   if (problems.length > 0) throw new ConfigError(problems)
 

@@ -1,13 +1,15 @@
+import cluster from 'node:cluster'
 import { existsSync } from 'node:fs'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
-import { ConfigError, loadConfig } from './config.js'
+import { ConfigError, loadConfig, type Config } from './config.js'
+import { clusterMetrics, runPrimary } from './workers.js'
 import { StartupError } from '../plugins/redis.js'
 
 // The only file that reads process.env, listens, and handles signals.
 if (existsSync('.env')) process.loadEnvFile('.env')
 
-let config
+let config: Config
 try {
   config = loadConfig(process.env)
 } catch (error) {
@@ -17,31 +19,44 @@ try {
   process.exit(1)
 }
 
-let app
-try {
-  app = await buildApp(config)
-} catch (error) {
-  /* c8 ignore next: as above */
-  if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
-  process.stderr.write(`rotor: ${error.message}\n`)
-  process.exit(1)
+if (config.workers > 1 && cluster.isPrimary) runPrimary(config)
+else await serve(config)
+
+async function serve (config: Config): Promise<void> {
+  let app
+  try {
+    app = await buildApp(config)
+  } catch (error) {
+    /* c8 ignore next: as above */
+    if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
+    process.stderr.write(`rotor: ${error.message}\n`)
+    process.exit(1)
+  }
+
+  if (config.generatedApiKey !== null) {
+    // Printed once, to the terminal and not into the log stream, so it never lands in a log store.
+    process.stderr.write(`\nrotor: no API_KEYS set; generated one for this run only:\n\n    ${config.generatedApiKey}\n\n`)
+  }
+
+  // SIGHUP: read JWT_KEYS_FILE again (a change to the file is seen without it too); a bad file
+  // keeps the current keys. close-with-grace would shut down on SIGHUP, hence the skip.
+  process.on('SIGHUP', () => { app.keyring.reload('signal') })
+
+  if (cluster.isWorker) {
+    // The primary decides when workers stop (it sends SIGTERM); a terminal's Ctrl-C reaches every
+    // process of the group, so a worker ignores SIGINT. It stops too if the primary is gone.
+    process.on('SIGINT', () => {})
+    process.on('disconnect', () => { process.kill(process.pid, 'SIGTERM') })
+    app.metrics.collect = clusterMetrics(app.metrics.registry)
+  }
+
+  // SIGTERM/SIGINT: stop accepting, finish requests in flight, close Redis, exit 0.
+  closeWithGrace({ delay: 10_000, skip: cluster.isWorker ? ['SIGHUP', 'SIGINT'] : ['SIGHUP'] }, async ({ signal, err }) => {
+    /* c8 ignore next 2: an uncaught error, which no test provokes on purpose */
+    if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
+    else app.log.info({ signal }, 'shutting down')
+    await app.close()
+  })
+
+  await app.listen({ port: config.port, host: config.host })
 }
-
-if (config.generatedApiKey !== null) {
-  // Printed once, to the terminal and not into the log stream, so it never lands in a log store.
-  process.stderr.write(`\nrotor: no API_KEYS set; generated one for this run only:\n\n    ${config.generatedApiKey}\n\n`)
-}
-
-// SIGHUP: read JWT_KEYS_FILE again (a change to the file is seen without it too); a bad file
-// keeps the current keys. close-with-grace would shut down on SIGHUP, hence the skip.
-process.on('SIGHUP', () => { app.keyring.reload('signal') })
-
-// SIGTERM/SIGINT: stop accepting, finish requests in flight, close Redis, exit 0.
-closeWithGrace({ delay: 10_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
-  /* c8 ignore next 2: an uncaught error, which no test provokes on purpose */
-  if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
-  else app.log.info({ signal }, 'shutting down')
-  await app.close()
-})
-
-await app.listen({ port: config.port, host: config.host })
