@@ -36,6 +36,38 @@ test('on a Redis Cluster with replicas', async (t) => {
     t.equal(statuses.filter((status) => status === 401).length, 29)
   })
 
+  await t.test('with REDIS_WAIT_REPLICAS=1, each write waits for the replica of the master that took it', async (t) => {
+    const waiting = await build(t, { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes, REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_TIMEOUT_MS: '500' })
+    for (const sub of ['alice', 'bob', 'carol', 'dave']) {
+      const pair = await issue(waiting, { sub })
+      t.equal((await refreshWith(waiting, pair.refresh_token)).statusCode, 200, `${sub}: a rotation its replica confirmed`)
+      t.equal((await waiting.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: pair.access_token } })).statusCode, 200)
+      t.same(await introspectToken(waiting, pair.access_token), { active: false })
+    }
+    // Freeze the replica of alice's master only: her writes wait in vain (503), bob's on another master do not.
+    const seed = cluster.servers[0]!.url
+    const slotOf = async (sub: string): Promise<number> => Number(await redisCommand(seed, 'CLUSTER', 'KEYSLOT', `{${sub}}`))
+    const slots = await redisCommand(seed, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number], [string, number]]>
+    /** The [master port, replica port] of the shard that holds a subject's keys. */
+    const shard = async (sub: string): Promise<[number, number]> => {
+      const slot = await slotOf(sub)
+      const range = slots.find(([start, end]) => start <= slot && slot <= end)!
+      return [range[2][1], range[3][1]]
+    }
+    const [aliceMaster, aliceReplica] = await shard('alice')
+    let other = 'bob'
+    for (let i = 0; (await shard(other))[0] === aliceMaster; i++) other = `bob-${i}`
+    const [alice, bob] = [await issue(waiting, { sub: 'alice' }), await issue(waiting, { sub: other })]
+    const replica = cluster.servers.find((server) => server.port === aliceReplica)!
+    replica.pause()
+    try {
+      t.equal((await waiting.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: alice.access_token } })).statusCode, 503, 'her master\'s replica is frozen')
+      t.equal((await waiting.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: bob.access_token } })).statusCode, 200, 'another master\'s replica confirms')
+    } finally {
+      replica.resume()
+    }
+  })
+
   await t.test('a master killed mid-traffic: 503 while its slots have no master, never 500 nor a logout, then back after failover', async (t) => {
     const users = await Promise.all(Array.from({ length: 24 }, async (_, i) => (await issue(app, { sub: `user-${i}` })).refresh_token))
     const traffic = new RefreshTraffic(base, users)
