@@ -38,13 +38,19 @@ function machineBusy (): number | null {
   }
 }
 
-async function redisCpu (redis: Redis | null): Promise<number | null> {
+/** used_cpu_user + used_cpu_sys of one Redis, or summed over several (a primary and its replica). */
+async function redisCpu (redis: Redis | readonly Redis[] | null): Promise<number | null> {
   if (redis === null) return null
+  const all: readonly Redis[] = 'info' in redis ? [redis] : redis
   try {
-    const info = await redis.info('cpu')
-    const user = /^used_cpu_user:([\d.]+)/m.exec(info)?.[1]
-    const sys = /^used_cpu_sys:([\d.]+)/m.exec(info)?.[1]
-    return user === undefined || sys === undefined ? null : Number(user) + Number(sys)
+    let total = 0
+    for (const info of await Promise.all(all.map(async (one) => one.info('cpu')))) {
+      const user = /^used_cpu_user:([\d.]+)/m.exec(info)?.[1]
+      const sys = /^used_cpu_sys:([\d.]+)/m.exec(info)?.[1]
+      if (user === undefined || sys === undefined) return null
+      total += Number(user) + Number(sys)
+    }
+    return total
   } catch {
     return null
   }
@@ -54,7 +60,8 @@ function seconds (usage: NodeJS.CpuUsage): number {
   return (usage.user + usage.system) / 1e6
 }
 
-export async function cpuSnapshot (server: ServerProcess, redis: Redis | null): Promise<Snapshot> {
+/** `redis`: the Redis (or Redises) whose CPU is the "redis" column; every other process counts as "others". */
+export async function cpuSnapshot (server: ServerProcess, redis: Redis | readonly Redis[] | null): Promise<Snapshot> {
   const [stats, redisSeconds] = await Promise.all([server.stats(false), redisCpu(redis)])
   return { wall: process.hrtime.bigint(), server: seconds(stats.cpu), bench: seconds(process.cpuUsage()), redis: redisSeconds, machine: machineBusy() }
 }

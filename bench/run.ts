@@ -10,12 +10,20 @@
  *                         refresh; prints bytes per record. Accepts 10k, 1m.
  *   --soak SECONDS        only refresh: its maximum rate, then half of it for SECONDS, reporting the
  *                         server's memory and the interval's p99 every minute (every 10 s below 300 s)
+ *   --replication         the cost of guarding against asynchronous-replication loss, on refresh:
+ *                         starts the bench's OWN redis-servers (free ports, never the shared Redis) and
+ *                         measures refresh against a lone one (the reference), then against a primary
+ *                         with one replica: (a) as is (asynchronous), (b) the primary with
+ *                         min-replicas-to-write 1 + min-replicas-max-lag 10 (CONFIG SET, unset after),
+ *                         (c) Rotor with REDIS_WAIT_REPLICAS=1. Alone, only hello runs besides (and the
+ *                         shared Redis is not needed); with --scenarios/--denylist-sizes, those too.
  *   --server-env K=V      extra setting for the Rotor child (repeatable), e.g. RATE_LIMIT_ALLOW=127.0.0.1
  *   --profile             run each server child with --cpu-prof; profiles go to bench/results/
  *
  * The server under test runs in a child process (bench/server.ts); autocannon runs here. Redis:
  * TEST_REDIS_URL or redis://127.0.0.1:6379, under a prefix of this run only, deleted afterwards
- * with SCAN + DEL (never FLUSH). Results: a table on stdout and bench/results/<timestamp>.json.
+ * with SCAN + DEL (never FLUSH). --replication's redis-servers are the bench's own, stopped by PID
+ * on every exit path. Results: a table on stdout and bench/results/<timestamp>.json.
  * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
  */
 import { randomBytes } from 'node:crypto'
@@ -26,8 +34,9 @@ import { parseArgs } from 'node:util'
 import type { Redis } from 'ioredis'
 import { killAllServers, ServerProcess } from './child.js'
 import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
-import { runLoad, stopCurrentLoad, type IntervalStats, type LoadResult } from './load.js'
+import { runLoad, stopCurrentLoad, type IntervalStats, type LatencySummary, type LoadResult } from './load.js'
 import { connectRedis, countKeys, deletePrefix, escapeGlob, fillDenylist, redisVersion, usedMemory, type FillResult } from './redis.js'
+import { BenchRedis, killAllRedisServers, ReplicatedRedis, until, type ReplicationState } from './replication.js'
 import { fmtInt, fmtMiB, fmtMs, latencyCells, loudFailures, memoryVerdict, table, type MemorySample, type MemoryVerdict } from './report.js'
 import { Minter, randomSecret, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
 
@@ -44,6 +53,7 @@ interface Options {
   scenariosGiven: boolean
   denylistSizes: number[]
   soak: number | null
+  replication: boolean
   serverEnv: Record<string, string>
   profile: boolean
   redisUrl: string
@@ -51,7 +61,7 @@ interface Options {
 
 const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--soak SECONDS] [--server-env KEY=VALUE ...] [--profile]`
+         [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
 
 class UsageError extends Error {}
 
@@ -82,6 +92,7 @@ function parseOptions (argv: string[]): Options {
       scenarios: { type: 'string' },
       'denylist-sizes': { type: 'string' },
       soak: { type: 'string' },
+      replication: { type: 'boolean' },
       'server-env': { type: 'string', multiple: true },
       profile: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' }
@@ -107,14 +118,17 @@ function parseOptions (argv: string[]): Options {
     serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
   }
   const denylistSizes = values['denylist-sizes'] === undefined ? [] : values['denylist-sizes'].split(',').filter((s) => s.trim() !== '').map(count)
+  const replication = values.replication === true
+  if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
   return {
     duration: positive('duration', values.duration, 10),
     warmup: positive('warmup', values.warmup, 2, 0),
     connections: Math.floor(positive('connections', values.connections, 32)),
-    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 ? [] : [...SCENARIO_NAMES],
+    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || replication ? [] : [...SCENARIO_NAMES],
     scenariosGiven: scenarios.length > 0,
     denylistSizes,
     soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
+    replication,
     serverEnv,
     profile: values.profile === true,
     redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
@@ -208,9 +222,9 @@ function rotorEnv (algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<s
  */
 interface RedisCheck { fill: number, answered2xx: number, sent: number, found: number, ok: boolean }
 
-async function checkRotations (prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
-  if (redis === null) return null
-  const found = await countKeys(redis, `${escapeGlob(prefix)}{*}:j:*`) - fill
+async function checkRotations (client: Redis | null, prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
+  if (client === null) return null
+  const found = await countKeys(client, `${escapeGlob(prefix)}{*}:j:*`) - fill
   const ok = found >= answered2xx && found <= sent
   if (!ok) fail(`Redis holds ${found} rotated-token records under ${prefix}, expected between ${answered2xx} (2xx answered) and ${sent} (tokens sent)`)
   else say(`  Redis: ${fmtInt(found)} rotated-token records${fill > 0 ? ' besides the fill' : ''} for ${fmtInt(answered2xx)} 2xx answered and ${fmtInt(sent)} tokens sent: every 2xx was a first use`)
@@ -291,8 +305,27 @@ async function preflight (server: ServerProcess, s: Scenario, body: string | und
   }
 }
 
+/** The Redis a scenario's server uses: the shared one (sharedTarget), or one of --replication's own. */
+interface RedisTarget {
+  url: string
+  /** The bench's connection to it: fill, rotation count, cleanup of the scenario's keys. */
+  client: Redis | null
+  /** Whose CPU is the "redis" column (a primary and its replica: both). */
+  cpu: Redis | readonly Redis[] | null
+}
+
+function sharedTarget (): RedisTarget {
+  return { url: options.redisUrl, client: redis, cpu: redis }
+}
+
 interface RunScenarioOptions {
   ceilingRps: number | null
+  /** Default: the shared Redis. */
+  target?: RedisTarget
+  /** Settings for the Rotor child on top of rotorEnv's (and --server-env's). */
+  env?: Record<string, string>
+  /** After the rotation count (the server stopped), before the scenario's keys are deleted. */
+  afterRun?: (run: { prefix: string, answered2xx: number, sent: number }) => Promise<void>
   fillEntries?: number
   /** Soak: keep the server up and hand it over instead of stopping it. */
   keepServer?: boolean
@@ -301,7 +334,8 @@ interface RunScenarioOptions {
 
 async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
   const prefix = `${RUN_PREFIX}${++scenarioCount}:`
-  const env = s.server === 'rotor' ? rotorEnv(s.algorithm, prefix) : {}
+  const target = opts.target ?? sharedTarget()
+  const env = s.server === 'rotor' ? rotorEnv(s.algorithm, prefix, { ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
   const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
   const result: ScenarioResult = {
     name: s.name,
@@ -327,9 +361,9 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
   let tokensSent = 0
   try {
     if (opts.fillEntries !== undefined && opts.fillEntries > 0) {
-      if (redis === null) throw new Error('no Redis connection')
+      if (target.client === null) throw new Error('no Redis connection')
       say(`  filling the denylist with ${fmtInt(opts.fillEntries)} records …`)
-      const fill = await fillDenylist(redis, options.redisUrl, prefix, opts.fillEntries, 7 * 86_400_000)
+      const fill = await fillDenylist(target.client, target.url, prefix, opts.fillEntries, 7 * 86_400_000)
       result.fill = fill
       say(`  filled in ${fill.seconds.toFixed(1)} s (${fmtInt(fill.perSecond)} SET/s); used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
       say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
@@ -401,9 +435,9 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
       result.attempts = attempt
       if (pooled) mintInto(poolSize)
       say(`  measuring ${options.duration} s with ${options.connections} connections${attempt > 1 ? ` (attempt ${attempt})` : ''} …`)
-      const before = await cpuSnapshot(server, redis)
+      const before = await cpuSnapshot(server, target.cpu)
       measured = await load(options.duration, pooled ? pool.size : undefined)
-      result.cpu = cpuShare(before, await cpuSnapshot(server, redis))
+      result.cpu = cpuShare(before, await cpuSnapshot(server, target.cpu))
       if (s.rotates) rotations2xx += measured.statusCodes['200'] ?? 0
       tokensSent += measured.bodiesUsed
       if (!measured.exhausted) break
@@ -427,15 +461,16 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
     if (opts.keepServer === true) return { result, server, minter, prefix, rotations: rotations2xx, sent: tokensSent }
     await server.stop()
     server = null
-    if (s.rotates) result.redisCheck = await checkRotations(prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
+    if (s.rotates) result.redisCheck = await checkRotations(target.client, prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
+    if (opts.afterRun !== undefined) await opts.afterRun({ prefix, answered2xx: rotations2xx, sent: tokensSent })
   } catch (error) {
     result.error = error instanceof Error ? error.message : String(error)
     fail(`${s.label}: ${result.error}`)
   } finally {
     if (server !== null && opts.keepServer !== true) await server.stop()
-    if (redis !== null && opts.keepServer !== true && s.server === 'rotor') {
+    if (target.client !== null && opts.keepServer !== true && s.server === 'rotor') {
       const started = process.hrtime.bigint()
-      const keysDeleted = await deletePrefix(redis, prefix)
+      const keysDeleted = await deletePrefix(target.client, prefix)
       result.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
       if (keysDeleted > 10_000) say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${result.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
     }
@@ -535,7 +570,7 @@ async function runSoak (seconds: number, results: ScenarioResult[]): Promise<Soa
     say(`  ${report.verdict.text}`)
     if (report.verdict.grew) fail(`soak: ${report.verdict.text}`)
     await server.stop()
-    report.redisCheck = await checkRotations(prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
+    report.redisCheck = await checkRotations(redis, prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
   } catch (error) {
     fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
   } finally {
@@ -547,6 +582,207 @@ async function runSoak (seconds: number, results: ScenarioResult[]): Promise<Soa
       say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${report.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
     }
   }
+  return report
+}
+
+// ---------------------------------------------------------------- replication
+
+type VariantId = 'lone' | 'a' | 'b' | 'c'
+
+interface ReplicationVariant {
+  id: VariantId
+  /** The scenario's name in `scenarios`. */
+  scenario: string
+  label: string
+  setup: string
+  rps: number | null
+  latency: LatencySummary | null
+  non2xx: number | null
+  ratioToCeiling: number | null
+  /**
+   * CPU time per request (µs): the server child's, and Redis's (primary + replica). Less sensitive
+   * to other load on the machine than req/s: the server is the bottleneck, and a starved server
+   * answers fewer requests but spends about the same per request.
+   */
+  serverCpuUsPerRequest: number | null
+  redisCpuUsPerRequest: number | null
+  /** Against (a), the primary with an asynchronous replica and nothing else. */
+  againstAsync: Comparison | null
+  replicationBefore: ReplicationState | null
+  replicationAfter: ReplicationState | null
+  /** (c): rotated-token records the replica held right after the run (at least one per 2xx). */
+  replicaRecords: { found: number, answered2xx: number, sent: number, ok: boolean } | null
+}
+
+interface Comparison { rpsRatio: number, p50DeltaMs: number, p99DeltaMs: number, p999DeltaMs: number, serverCpuUsDelta: number | null, redisCpuUsDelta: number | null }
+
+interface ReplicationReport {
+  redisVersion: string | null
+  servers: Record<'lone' | 'primary' | 'replica', { port: number, pid: number } | null>
+  variants: ReplicationVariant[]
+  /** The lines printed under the table. */
+  summary: string[]
+}
+
+const VARIANTS: Record<VariantId, { name: string, label: string, setup: string }> = {
+  lone: { name: 'refresh-lone-redis', label: 'refresh (EdDSA), lone Redis (reference)', setup: 'a lone redis-server of the bench\'s own, no replica' },
+  a: { name: 'refresh-replica-async', label: 'refresh (EdDSA), (a) async replica', setup: 'primary + 1 replica, asynchronous replication, nothing else' },
+  b: { name: 'refresh-replica-min-replicas', label: 'refresh (EdDSA), (b) min-replicas-to-write 1', setup: 'primary + 1 replica, the primary with min-replicas-to-write 1, min-replicas-max-lag 10 (CONFIG SET)' },
+  c: { name: 'refresh-replica-wait', label: 'refresh (EdDSA), (c) REDIS_WAIT_REPLICAS=1', setup: 'primary + 1 replica, Rotor with REDIS_WAIT_REPLICAS=1 (WAIT 1 <REDIS_WAIT_TIMEOUT_MS> after every denylist write)' }
+}
+
+function describeState (state: ReplicationState): string {
+  return `link ${state.linkUp ? 'up' : 'DOWN'}, ${state.connectedReplicas} replica${state.connectedReplicas === 1 ? '' : 's'} connected${state.goodReplicas === null ? '' : `, ${state.goodReplicas} good (min-replicas)`}`
+}
+
+function signedMs (ms: number): string {
+  return `${ms < 0 ? '−' : '+'}${fmtMs(Math.abs(ms))} ms`
+}
+
+/**
+ * --replication: refresh against the bench's own redis-servers. First a lone one (the reference),
+ * stopped after; then a primary with one replica, three ways: (a) as is, (b) the primary with
+ * min-replicas-to-write, (c) Rotor with REDIS_WAIT_REPLICAS=1. Every run is a normal scenario
+ * (fresh server child, preflight, warm-up, every response checked, rotations counted), so a
+ * single non-2xx (a WAIT that timed out, a NOREPLICAS) fails the run.
+ */
+async function runReplication (results: ScenarioResult[], ceilingRps: number | null): Promise<ReplicationReport> {
+  const report: ReplicationReport = { redisVersion: null, servers: { lone: null, primary: null, replica: null }, variants: [], summary: [] }
+  say('\n▶ replication: refresh against redis-servers of the bench\'s own (free ports; never the shared Redis)')
+
+  const record = (id: VariantId, result: ScenarioResult, before: ReplicationState | null, after: ReplicationState | null, replicaRecords: ReplicationVariant['replicaRecords']): void => {
+    const m = result.measured
+    const perRequest = (cores: number | null | undefined): number | null => cores == null || m == null || m.rps === 0 ? null : cores / m.rps * 1e6
+    report.variants.push({
+      id,
+      scenario: result.name,
+      label: result.label,
+      setup: VARIANTS[id].setup,
+      rps: m?.rps ?? null,
+      latency: m?.latency ?? null,
+      non2xx: m?.non2xx ?? null,
+      ratioToCeiling: result.ratioToCeiling,
+      serverCpuUsPerRequest: perRequest(result.cpu?.server),
+      redisCpuUsPerRequest: perRequest(result.cpu?.redis),
+      againstAsync: null,
+      replicationBefore: before,
+      replicationAfter: after,
+      replicaRecords
+    })
+  }
+  const measure = async (id: VariantId, target: RedisTarget, env: Record<string, string>, afterRun?: RunScenarioOptions['afterRun']): Promise<ScenarioResult> => {
+    const { name, label } = VARIANTS[id]
+    const { result } = await runScenario(scenario('refresh', { name, label }), { ceilingRps, target, env, ...(afterRun === undefined ? {} : { afterRun }) })
+    results.push(result)
+    return result
+  }
+
+  // The reference: the same kind of server, alone.
+  let lone: BenchRedis | null = null
+  try {
+    lone = await BenchRedis.start()
+    report.servers.lone = { port: lone.port, pid: lone.pid }
+    report.redisVersion = (await lone.info('server'))['redis_version'] ?? null
+    say(`  lone redis-server ${report.redisVersion ?? '?'}: pid ${lone.pid}, port ${lone.port}`)
+    const result = await measure('lone', { url: lone.url, client: lone.client, cpu: lone.client }, { REDIS_WAIT_REPLICAS: '0' })
+    record('lone', result, null, null, null)
+  } catch (error) {
+    fail(`replication: lone Redis: ${error instanceof Error ? error.message : String(error)}`)
+  } finally {
+    await lone?.stop()
+  }
+
+  let pair: ReplicatedRedis | null = null
+  try {
+    pair = await ReplicatedRedis.start()
+    const { primary, replica } = pair
+    report.servers.primary = { port: primary.port, pid: primary.pid }
+    report.servers.replica = { port: replica.port, pid: replica.pid }
+    say(`\n  primary pid ${primary.pid}, port ${primary.port}; replica pid ${replica.pid}, port ${replica.port} (--replicaof 127.0.0.1 ${primary.port}): master_link_status:up`)
+    const target: RedisTarget = { url: primary.url, client: primary.client, cpu: [primary.client, replica.client] }
+
+    for (const id of ['a', 'b', 'c'] as const) {
+      // Each variant starts with the replica caught up (the previous one's cleanup DELs replicate too).
+      await pair.caughtUp()
+      let before = await pair.state()
+      if (!before.linkUp || before.connectedReplicas !== 1) throw new Error(`before ${VARIANTS[id].label}: the replica is not attached (${describeState(before)})`)
+      const lagBefore = id === 'b' ? await primary.configGet('min-replicas-max-lag') : null
+      try {
+        if (id === 'b') {
+          await primary.configSet('min-replicas-max-lag', '10')
+          await primary.configSet('min-replicas-to-write', '1')
+          await until('the primary to count its replica as good (min_slaves_good_slaves:1)', async () => (await pair?.state())?.goodReplicas === 1, 5000)
+          before = await pair.state()
+          say(`\n  primary: CONFIG SET min-replicas-to-write 1, min-replicas-max-lag 10 (${describeState(before)})`)
+        }
+        let replicaRecords: ReplicationVariant['replicaRecords'] = null
+        // (c): every 2xx waited for the replica's confirmation, so the replica holds its record already.
+        const afterRun = id !== 'c'
+          ? undefined
+          : async ({ prefix, answered2xx, sent }: { prefix: string, answered2xx: number, sent: number }): Promise<void> => {
+            const found = await countKeys(replica.client, `${escapeGlob(prefix)}{*}:j:*`)
+            const ok = found >= answered2xx && found <= sent
+            replicaRecords = { found, answered2xx, sent, ok }
+            if (!ok) fail(`${VARIANTS.c.label}: the replica held ${found} rotated-token records right after the run, expected between ${answered2xx} (2xx answered, each confirmed by WAIT) and ${sent}`)
+            else say(`  replica: ${fmtInt(found)} rotated-token records right after the run, for ${fmtInt(answered2xx)} 2xx: every answered rotation had reached the replica`)
+          }
+        const result = await measure(id, target, { REDIS_WAIT_REPLICAS: id === 'c' ? '1' : '0' }, afterRun)
+        const after = await pair.state()
+        if (!after.linkUp || after.connectedReplicas !== 1) fail(`${VARIANTS[id].label}: the replica detached during the run (${describeState(after)}): not a measurement of replication`)
+        record(id, result, before, after, replicaRecords)
+      } finally {
+        if (id === 'b') {
+          await primary.configSet('min-replicas-to-write', '0')
+          if (lagBefore !== null) await primary.configSet('min-replicas-max-lag', lagBefore)
+          say('  primary: CONFIG SET min-replicas-to-write 0 (unset)')
+        }
+      }
+    }
+  } catch (error) {
+    fail(`replication: ${error instanceof Error ? error.message : String(error)}`)
+  } finally {
+    await pair?.stop()
+  }
+
+  // What each guard costs, against (a); and what the replica itself costs, against the lone Redis.
+  const get = (id: VariantId): ReplicationVariant | undefined => report.variants.find((v) => v.id === id)
+  const minus = (x: number | null, y: number | null): number | null => x === null || y === null ? null : x - y
+  const compare = (v: ReplicationVariant | undefined, base: ReplicationVariant | undefined): Comparison | null =>
+    v?.rps == null || v.latency === null || base?.rps == null || base.latency === null
+      ? null
+      : {
+          rpsRatio: v.rps / base.rps,
+          p50DeltaMs: v.latency.p50 - base.latency.p50,
+          p99DeltaMs: v.latency.p99 - base.latency.p99,
+          p999DeltaMs: v.latency.p999 - base.latency.p999,
+          serverCpuUsDelta: minus(v.serverCpuUsPerRequest, base.serverCpuUsPerRequest),
+          redisCpuUsDelta: minus(v.redisCpuUsPerRequest, base.redisCpuUsPerRequest)
+        }
+  const us = (delta: number | null): string => delta === null ? '?' : `${delta < 0 ? '−' : '+'}${Math.abs(delta).toFixed(0)} µs`
+  const a = get('a')
+  const line = (name: string, c: Comparison | null, ...involved: Array<ReplicationVariant | undefined>): string => {
+    if (c === null) return `  ${name}: not measured`
+    const invalid = involved.some((v) => v === undefined || v.non2xx !== 0 || results.find((r) => r.name === v.scenario)?.measured?.exhausted !== false)
+    return `  ${name}: req/s ×${c.rpsRatio.toFixed(3)} (${c.rpsRatio >= 1 ? '+' : '−'}${Math.abs((c.rpsRatio - 1) * 100).toFixed(1)} %), p50 ${signedMs(c.p50DeltaMs)}, p99 ${signedMs(c.p99DeltaMs)}, p99.9 ${signedMs(c.p999DeltaMs)}; ` +
+      `CPU per request: server ${us(c.serverCpuUsDelta)}, Redis ${us(c.redisCpuUsDelta)}` +
+      (invalid ? '  !! NOT VALID (non-2xx or a short run, see the failures)' : '')
+  }
+  for (const id of ['b', 'c'] as const) {
+    const v = get(id)
+    if (v !== undefined) v.againstAsync = compare(v, a)
+  }
+  const timeout = options.serverEnv['REDIS_WAIT_TIMEOUT_MS'] ?? '100'
+  report.summary = [
+    'replication, refresh (EdDSA): the extra cost of each guard against asynchronous-replication loss, relative to (a) asynchronous replication',
+    line('(b) primary with min-replicas-to-write 1, min-replicas-max-lag 10', get('b')?.againstAsync ?? null, a, get('b')),
+    line(`(c) Rotor with REDIS_WAIT_REPLICAS=1 (WAIT 1 ${timeout} after every denylist write)`, get('c')?.againstAsync ?? null, a, get('c')),
+    line('and (a) itself against the lone Redis (what the replica costs)', compare(a, get('lone')), a, get('lone')),
+    `  CPU per refresh, server / Redis (µs; steadier than req/s when other work starves the server): ${(['lone', 'a', 'b', 'c'] as const).map((id) => {
+      const v = get(id)
+      const f = (n: number | null | undefined): string => n == null ? '?' : n.toFixed(0)
+      return `${id === 'lone' ? 'lone' : `(${id})`} ${f(v?.serverCpuUsPerRequest)} / ${f(v?.redisCpuUsPerRequest)}`
+    }).join(', ')}`
+  ]
   return report
 }
 
@@ -562,11 +798,17 @@ async function main (): Promise<number> {
     return 2
   }
   const startedAt = new Date()
-  try {
-    redis = await connectRedis(options.redisUrl)
-  } catch (error) {
-    process.stderr.write(`bench: cannot reach Redis at ${options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
-    return 1
+  // --replication alone (hello and its own redis-servers) never touches the shared Redis.
+  const needsShared = options.soak !== null || options.denylistSizes.length > 0 || options.scenarios.some((name) => name !== 'hello')
+  let shared: Redis | null = null
+  if (needsShared) {
+    try {
+      shared = await connectRedis(options.redisUrl)
+      redis = shared
+    } catch (error) {
+      process.stderr.write(`bench: cannot reach Redis at ${options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
+      return 1
+    }
   }
   const machine: Machine = {
     cpus: cpus().length,
@@ -574,15 +816,16 @@ async function main (): Promise<number> {
     memoryBytes: totalmem(),
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
-    redis: await redisVersion(redis),
+    redis: shared === null ? 'not used' : await redisVersion(shared),
     loadAverageAtStart: loadavg()
   }
-  say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, Redis ${machine.redis} at ${options.redisUrl}`)
+  say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${options.redisUrl}`}`)
   say(`server in a child process, autocannon here, ${options.connections} connections, ${options.warmup} s warm-up + ${options.duration} s per scenario; keys under ${RUN_PREFIX}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
   const denylist: Array<{ entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }> = []
   let soak: SoakReport | null = null
+  let replication: ReplicationReport | null = null
   let ceilingRps: number | null = null
 
   if (options.soak !== null) {
@@ -597,14 +840,16 @@ async function main (): Promise<number> {
     }
     const baseline = results.find((r) => r.name === 'refresh')?.measured?.rps ?? null
     for (const entries of options.denylistSizes) {
-      const before = await usedMemory(redis)
+      if (shared === null) throw new Error('no connection to the shared Redis')
+      const before = await usedMemory(shared)
       const { result } = await runScenario(scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
       results.push(result)
-      const after = await usedMemory(redis)
+      const after = await usedMemory(shared)
       const rps = result.measured?.rps ?? null
       denylist.push({ entries, fill: result.fill, rps, ratioToRefresh: rps === null || baseline === null ? null : rps / baseline })
       say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
     }
+    if (options.replication) replication = await runReplication(results, ceilingRps)
   }
 
   // ------------------------------------------------------------ report
@@ -632,6 +877,11 @@ async function main (): Promise<number> {
       denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
         d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)])))
   }
+  if (replication !== null) {
+    say('')
+    for (const text of replication.summary) say(text)
+    say('  (one run each, in this order, on a machine shared with anything else running: compare within a run, and repeat before trusting a few %)')
+  }
 
   const finishedAt = new Date()
   const file = writeResults(startedAt, {
@@ -650,7 +900,8 @@ async function main (): Promise<number> {
     ceilingRps,
     scenarios: results,
     denylist,
-    soak
+    soak,
+    replication
   })
   if (warnings.length > 0) say(`\nwarning: ${warnings.length} measurement${warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
   say(`\nresults: ${file}`)
@@ -684,6 +935,7 @@ function writeResults (startedAt: Date, data: unknown): string {
 
 async function cleanUp (): Promise<void> {
   killAllServers()
+  killAllRedisServers()
   removeKeysFiles()
   if (redis !== null) {
     const client = redis
@@ -712,7 +964,7 @@ async function abort (why: string, code: number): Promise<void> {
   process.exit(code)
 }
 
-process.on('exit', () => { killAllServers(); removeKeysFiles() })
+process.on('exit', () => { killAllServers(); killAllRedisServers(); removeKeysFiles() })
 process.on('SIGINT', () => { void abort('interrupted', 130) })
 process.on('SIGTERM', () => { void abort('terminated', 143) })
 process.on('SIGHUP', () => { void abort('hung up', 129) })
