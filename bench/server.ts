@@ -11,7 +11,12 @@
  * started with --expose-gc) and process.cpuUsage(), so the bench can watch its heap and CPU
  * without adding a route to the app. It exits when
  * the parent goes away (the IPC channel closes), so it can never outlive the bench.
+ *
+ * With WORKERS > 1 in its environment (rotor only), it is a node:cluster primary, as src/server.ts
+ * is: it forks the workers, says ready once all of them listen on the one port, and answers
+ * stats with the sum over itself and every worker (CPU; memory summed too, so rss is the total).
  */
+import cluster, { type Worker } from 'node:cluster'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
@@ -60,20 +65,78 @@ process.on('disconnect', () => { void shutdown(0) })
 process.on('SIGTERM', () => { void shutdown(0) })
 process.on('SIGINT', () => { void shutdown(0) })
 
-process.on('message', (message: ToChild) => {
-  if (message.type !== 'stats') return
-  const collect = message.gc ? globalThis.gc : undefined
+function ownStats (gc: boolean): ServerStats {
+  const collect = gc ? globalThis.gc : undefined
   if (collect !== undefined) collect()
-  send({ type: 'stats', id: message.id, stats: { memory: process.memoryUsage(), cpu: process.cpuUsage(), collected: collect !== undefined } })
-})
+  return { memory: process.memoryUsage(), cpu: process.cpuUsage(), collected: collect !== undefined }
+}
 
-try {
-  app = await build(process.argv[2] ?? '')
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const address = app.server.address()
-  if (address === null || typeof address === 'string') throw new Error('the server has no TCP address')
-  send({ type: 'ready', port: address.port })
-} catch (error) {
-  send({ type: 'failed', message: error instanceof Error ? error.message : String(error) })
-  await shutdown(1)
+const workers = Number(process.env['WORKERS'] ?? '1')
+if (process.argv[2] === 'rotor' && workers > 1 && cluster.isPrimary) {
+  await runPrimary(workers)
+} else {
+  process.on('message', (message: ToChild) => {
+    if (message.type === 'stats') send({ type: 'stats', id: message.id, stats: ownStats(message.gc) })
+  })
+  await serve()
+}
+
+/** The cluster's primary: forks, waits for every worker to listen, sums their stats. */
+async function runPrimary (count: number): Promise<void> {
+  const forked: Worker[] = []
+  let nextId = 1
+  const pending = new Map<number, (stats: ServerStats) => void>()
+  cluster.on('message', (_worker, message: FromChild) => {
+    if (message.type === 'stats') pending.get(message.id)?.(message.stats)
+  })
+  const statsOf = async (worker: Worker, gc: boolean): Promise<ServerStats> => await new Promise((resolve) => {
+    const id = nextId++
+    pending.set(id, (stats) => { pending.delete(id); resolve(stats) })
+    worker.send({ type: 'stats', id, gc } satisfies ToChild)
+  })
+  process.on('message', (message: ToChild) => {
+    if (message.type !== 'stats') return
+    Promise.all(forked.map(async (worker) => statsOf(worker, message.gc))).then((all) => {
+      const total = ownStats(message.gc)
+      for (const { memory, cpu } of all) {
+        for (const key of Object.keys(total.memory) as Array<keyof NodeJS.MemoryUsage>) total.memory[key] += memory[key]
+        total.cpu.user += cpu.user
+        total.cpu.system += cpu.system
+      }
+      send({ type: 'stats', id: message.id, stats: total })
+    }, () => {})
+  })
+  cluster.on('exit', (worker, code) => {
+    if (!closing) {
+      send({ type: 'failed', message: `worker ${worker.process.pid ?? '?'} exited with code ${String(code)}` })
+      void shutdown(1)
+    }
+  })
+  const ports = new Set<number>()
+  let listening = 0
+  await new Promise<void>((resolve) => {
+    cluster.on('listening', (_worker, address) => {
+      ports.add(address.port)
+      if (++listening === count) resolve()
+    })
+    for (let i = 0; i < count; i++) forked.push(cluster.fork())
+  })
+  if (ports.size !== 1) {
+    send({ type: 'failed', message: `workers listen on ${ports.size} ports, expected one` })
+    await shutdown(1)
+  }
+  send({ type: 'ready', port: [...ports][0] ?? 0 })
+}
+
+async function serve (): Promise<void> {
+  try {
+    app = await build(process.argv[2] ?? '')
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const address = app.server.address()
+    if (address === null || typeof address === 'string') throw new Error('the server has no TCP address')
+    send({ type: 'ready', port: address.port })
+  } catch (error) {
+    send({ type: 'failed', message: error instanceof Error ? error.message : String(error) })
+    await shutdown(1)
+  }
 }

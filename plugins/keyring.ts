@@ -3,9 +3,10 @@ import { unwatchFile, watchFile } from 'node:fs'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { pino } from 'pino'
-import { createSigner, createVerifier, TokenError } from 'fast-jwt'
+import { createVerifier, TokenError } from 'fast-jwt'
 import type { Config } from '../src/config.js'
 import { TokenRejectedError } from '../src/errors.js'
+import { createJwsSigner } from './jws.js'
 import { loadKeyMaterial, type KeyMaterial, type KeySet, type PublicJwk } from './key-material.js'
 
 export type TokenType = 'access' | 'refresh'
@@ -88,12 +89,8 @@ function buildState ({ active, keys }: KeySet, settings: VerifierSettings): Keyr
     jwks,
     // Instances sharing a keys file publish the same bytes, hence the same ETag behind a balancer.
     jwksEtag: `"${createHash('sha256').update(JSON.stringify(jwks)).digest('base64url')}"`,
-    signAccess: createSigner({
-      key: active.signingKey, algorithm: active.algorithm, kid: active.kid, header: { alg: active.algorithm, typ: TYP.access }
-    }),
-    signRefresh: createSigner({
-      key: active.refreshKey, algorithm: 'HS256', kid: active.refreshKid, header: { alg: 'HS256', typ: TYP.refresh }
-    }),
+    signAccess: createJwsSigner({ key: active.signingKey, algorithm: active.algorithm, kid: active.kid, typ: TYP.access }),
+    signRefresh: createJwsSigner({ key: active.refreshKey, algorithm: 'HS256', kid: active.refreshKid, typ: TYP.refresh }),
     verifiers
   }
 }

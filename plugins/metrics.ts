@@ -52,13 +52,15 @@ declare module 'fastify' {
 export default fp(async function metricsPlugin (app) {
   const metrics = new Metrics()
   app.decorate('metrics', metrics)
-  app.addHook('onResponse', async (request, reply) => {
+  // A callback hook: no promise per request.
+  app.addHook('onResponse', (request, reply, done) => {
     metrics.latency.observe({
       method: request.method,
       // The route's pattern, never the raw URL: a subject in the path must not become a label.
       route: request.routeOptions.url ?? 'unmatched',
       status_code: reply.statusCode
     }, reply.elapsedTime / 1000)
+    done()
   })
   app.get('/metrics', {
     schema: { summary: 'Prometheus metrics, text exposition format', tags: ['operations'], hide: false }

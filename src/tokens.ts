@@ -36,9 +36,23 @@ export interface TokenPair {
 /** The settings minting needs (a slice of Config, so tests and the domain need no more). */
 export type MintSettings = Pick<Config, 'jwtIssuer' | 'accessTokenTtl' | 'refreshTokenTtl' | 'sessionMaxTtl'>
 
+/**
+ * Random bytes are drawn from the CSPRNG 4 KiB at a time and handed out 16 at a time, never
+ * twice: one call into OpenSSL per 256 ids instead of one per id (which was a tenth of an
+ * issue's CPU on the profile). node:crypto's randomUUID keeps a pool the same way.
+ */
+const POOL_SIZE = 4096
+let pool = Buffer.alloc(0)
+let offset = POOL_SIZE
+
 /** 16 random bytes, base64url: a `jti` or `sid` no one can guess. */
 export function randomId (): string {
-  return randomBytes(16).toString('base64url')
+  if (offset === POOL_SIZE) {
+    pool = randomBytes(POOL_SIZE)
+    offset = 0
+  }
+  offset += 16
+  return pool.toString('base64url', offset - 16, offset)
 }
 
 export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, nowSec: number): Session {

@@ -38,8 +38,7 @@ export function runPrimary (config: Config): void {
   const stopWorkers = async (): Promise<void> => {
     stopping = true
     for (const timer of restarts) clearTimeout(timer)
-    await Promise.all(workers().map(async (worker) => {
-      if (worker.isDead()) return
+    await Promise.all(workers().filter((worker) => !worker.isDead()).map(async (worker) => {
       const exited = new Promise((resolve) => worker.once('exit', resolve))
       worker.process.kill('SIGTERM')
       await exited
@@ -63,6 +62,7 @@ export function runPrimary (config: Config): void {
         return
       }
       listening--
+      /* c8 ignore next: the tests do not wait a minute for a worker to count as stable */
       restartDelayMs = Date.now() - bornAt > STABLE_MS ? RESTART_MIN_MS : Math.min(restartDelayMs * 2, RESTART_MAX_MS)
       log.error({ worker: worker.process.pid, code, signal, restartInMs: restartDelayMs }, 'a worker died: starting another')
       const timer = setTimeout(() => {

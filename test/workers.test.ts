@@ -59,7 +59,7 @@ function spawnServer (t: Test, env: Record<string, string>): { lines: Array<Reco
 
 const withMessage = (lines: Array<Record<string, unknown>>, message: string): Array<Record<string, unknown>> => lines.filter((line) => line['msg'] === message)
 
-test('WORKERS=2: two processes share the port, the keys and Redis; one dying is replaced; SIGHUP and SIGTERM reach both', async (t) => {
+test('WORKERS=2: two processes share the port, the keys and Redis; one dying is replaced; SIGHUP and SIGTERM reach the workers', async (t) => {
   const port = await freePort()
   const prefix = `rotor-test:${randomBytes(6).toString('hex')}:`
   t.teardown(async () => { await deletePrefix(REDIS_URL, prefix) })
@@ -101,9 +101,14 @@ test('WORKERS=2: two processes share the port, the keys and Redis; one dying is 
   t.notOk(replaced.includes(pids[0]!), 'the dead worker is gone from the set')
   t.equal((await send(port, 'GET', '/health/live')).status, 200)
 
+  // The replacement dies young too: its own replacement waits 1 s, and a SIGTERM in that second cancels it.
+  process.kill(replaced.find((pid) => pid !== pids[1])!, 'SIGKILL')
+  await until('the second death to be seen', async () => withMessage(server.lines, 'a worker died: starting another').length === 2)
+  t.match(withMessage(server.lines, 'a worker died: starting another')[1], { restartInMs: 1000 }, 'the wait doubles while workers die young')
   server.kill('SIGTERM')
   t.equal(await server.exited, 0, 'the primary exits 0 once the workers have')
-  t.equal(new Set(withMessage(server.lines, 'shutting down').map((line) => line['pid'])).size, 2, 'both workers shut down gracefully')
+  t.equal(withMessage(server.lines, 'all workers listening').length, 2, 'and the pending restart never happened')
+  t.same(withMessage(server.lines, 'shutting down').map((line) => line['pid']), [pids[1]], 'the live worker shut down gracefully')
   t.equal(await send(port, 'GET', '/health/live').then(() => 'answered', () => 'refused'), 'refused', 'nothing listens any more')
 })
 
