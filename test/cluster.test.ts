@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshWith, startCluster, until, type Pair } from './helper.js'
+import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, refreshWith, startCluster, until, type Pair } from './helper.js'
 
 // One cluster for the file (3 masters, each with a replica); the failover test comes last.
 test('on a Redis Cluster with replicas', async (t) => {
@@ -29,9 +29,7 @@ test('on a Redis Cluster with replicas', async (t) => {
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
     const pair = await issue(app)
-    const statuses = await Promise.all(Array.from({ length: 30 }, async () => (await fetch(`${base}/v1/tokens/refresh`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: pair.refresh_token })
-    })).status))
+    const statuses = await refreshAtOnce(base, pair.refresh_token, 30)
     t.equal(statuses.filter((status) => status === 200).length, 1)
     t.equal(statuses.filter((status) => status === 401).length, 29)
   })

@@ -216,6 +216,13 @@ export async function startSentinel (t: Test & { testdir: () => string }, name =
   return { sentinels: `127.0.0.1:${port}`, primary, replica, sentinel }
 }
 
+/** The same refresh token sent `count` times at once over real sockets; the statuses, in order. */
+export async function refreshAtOnce (base: string, refreshToken: string, count: number): Promise<number[]> {
+  return await Promise.all(Array.from({ length: count }, async () => (await fetch(`${base}/v1/tokens/refresh`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: refreshToken })
+  })).status))
+}
+
 /** Refresh traffic over a real socket: users each refresh in a loop, retrying their own token after a refusal, as a client would. */
 export class RefreshTraffic {
   /** How many answers had each status. */

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshWith, startSentinel, until, type Pair } from './helper.js'
+import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, refreshWith, startSentinel, until, type Pair } from './helper.js'
 
 // One primary, one replica, one sentinel for the file; the failover test comes last.
 test('behind Redis Sentinel', async (t) => {
@@ -21,6 +21,13 @@ test('behind Redis Sentinel', async (t) => {
     const everywhere = await issue(app, { sub: 'carol' })
     await app.inject({ method: 'POST', url: '/v1/subjects/carol/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
     t.equal((await refreshWith(app, everywhere.refresh_token)).json().code, 'token_revoked')
+  })
+
+  await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
+    const pair = await issue(app, { sub: 'race' })
+    const statuses = await refreshAtOnce(base, pair.refresh_token, 30)
+    t.equal(statuses.filter((status) => status === 200).length, 1)
+    t.equal(statuses.filter((status) => status === 401).length, 29)
   })
 
   await t.test('the primary killed mid-traffic: 503 until the sentinel promotes the replica, never 500 nor a logout', async (t) => {
