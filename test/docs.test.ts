@@ -1,0 +1,18 @@
+import { test } from 'tap'
+import { readFileSync } from 'node:fs'
+
+const read = (path: string): string => readFileSync(new URL(`../${path}`, import.meta.url), 'utf8')
+
+test('every setting Rotor reads is in the README\'s settings table and in .env.example', async (t) => {
+  const source = read('src/config.ts')
+  const names = [...new Set([...source.matchAll(/\b(?:read|integer|boolean|duration|optionalDuration|oneOf|hostPorts|list)\('([A-Z][A-Z0-9_]+)'/g)].map((match) => String(match[1])))]
+  t.ok(names.length >= 30, `found the settings in src/config.ts (${names.length})`)
+  t.ok(names.includes('REDIS_WAIT_REPLICAS') && names.includes('WORKERS'), 'including the newest')
+  const readme = read('README.md')
+  const table = readme.slice(readme.indexOf('## Settings'), readme.indexOf('## Routes'))
+  const example = read('.env.example')
+  for (const name of names) {
+    t.ok(table.includes(`\`${name}\``), `README settings table names ${name}`)
+    t.ok(example.includes(`${name}=`), `.env.example has ${name}`)
+  }
+})
