@@ -4,7 +4,7 @@
  *   --duration N          seconds measured per scenario (default 10)
  *   --warmup N            seconds of unmeasured warm-up per scenario (default 2)
  *   --connections N       concurrent connections (default 32)
- *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, introspect, jwks (default all;
+ *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, introspect, introspect-hot, jwks (default all;
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
  *                         refresh; prints bytes per record. Accepts 10k, 1m.
@@ -42,7 +42,7 @@ import { Minter, randomSecret, removeKeysFiles, writeEd25519KeysFile } from './t
 
 // ---------------------------------------------------------------- options
 
-const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'introspect', 'jwks'] as const
+const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
 type ScenarioName = typeof SCENARIO_NAMES[number]
 
 interface Options {
@@ -137,7 +137,7 @@ function parseOptions (argv: string[]): Options {
 
 // ---------------------------------------------------------------- scenarios
 
-type BodyKind = 'none' | 'issue' | 'refresh' | 'introspect'
+type BodyKind = 'none' | 'issue' | 'refresh' | 'introspect' | 'introspect-hot'
 
 interface Scenario {
   name: string
@@ -160,6 +160,8 @@ const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
   refresh: { label: 'refresh (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
+  // The same 256 access tokens over and over, as backends introspect their users' tokens on every call.
+  'introspect-hot': { label: 'introspect (256 tokens, repeated)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect-hot', expect: '"active":true', rotates: false },
   jwks: { label: 'JWKS', server: 'rotor', algorithm: 'EdDSA', method: 'GET', path: '/.well-known/jwks.json', apiKey: false, body: 'none', expect: '"keys"', rotates: false }
 }
 
@@ -275,6 +277,7 @@ function issueBodies (): string[] {
 }
 
 function mint (minter: Minter, kind: BodyKind, n: number): string[] {
+  // Only the one-use kinds are minted into the pool (refresh, introspect).
   return kind === 'refresh' ? minter.refreshBodies(n) : minter.introspectBodies(n)
 }
 
@@ -371,14 +374,15 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
 
     server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(options.profile ? { profileDir: resultsDir(), profileName: `${scenarioCount}-${s.name}` } : {}) })
     say(`  server pid ${server.pid} at ${server.url}`)
-    if (s.body === 'refresh' || s.body === 'introspect') minter = new Minter(env)
+    if (s.body === 'refresh' || s.body === 'introspect' || s.body === 'introspect-hot') minter = new Minter(env)
 
     const pool = new BodyPool()
-    const issue = issueBodies()
-    let issueIndex = 0
+    // Bodies used round and round (not one use each): issue's, and the hot introspection's tokens.
+    const cycled = s.body === 'issue' ? issueBodies() : s.body === 'introspect-hot' && minter !== null ? minter.introspectBodies(256) : []
+    let cycledIndex = 0
     const bodyFor = (): (() => string | undefined) | undefined => {
       if (s.body === 'none') return undefined
-      if (s.body === 'issue') return () => issue[issueIndex++ % issue.length]
+      if (cycled.length > 0) return () => cycled[cycledIndex++ % cycled.length]
       return pool.next
     }
     const mintInto = (n: number): void => {
@@ -390,7 +394,7 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
     }
 
     // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
-    const first = s.body === 'none' ? undefined : s.body === 'issue' ? issue[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
+    const first = s.body === 'none' ? undefined : cycled.length > 0 ? cycled[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
     if (minter !== null) result.tokensMinted += 1
     await preflight(server, s, first)
     if (s.rotates) rotations2xx += 1

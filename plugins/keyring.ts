@@ -60,6 +60,9 @@ interface KeyringState {
   verifiers: Map<string, VerifierEntry>
 }
 
+/** Verified access tokens remembered per key: about 6 MB at most. */
+const ACCESS_VERIFICATION_CACHE = 10_000
+
 const REQUIRED_CLAIMS = ['iss', 'sub', 'iat', 'exp', 'jti', 'sid', 'auth_time', 'token_type']
 
 function buildState ({ active, keys }: KeySet, settings: VerifierSettings): KeyringState {
@@ -75,7 +78,9 @@ function buildState ({ active, keys }: KeySet, settings: VerifierSettings): Keyr
     verifiers.set(key.kid, {
       type: 'access',
       key,
-      verify: createVerifier({ ...common, key: key.verifyingKey, algorithms: [key.algorithm], checkTyp: TYP.access })
+      // Backends introspect the same access token again and again: its verification is cached
+      // (bounded, never past its exp; revocation is checked in the store every time regardless).
+      verify: createVerifier({ ...common, key: key.verifyingKey, algorithms: [key.algorithm], checkTyp: TYP.access, cache: ACCESS_VERIFICATION_CACHE })
     })
     verifiers.set(key.refreshKid, {
       type: 'refresh',

@@ -109,6 +109,20 @@ test('revoking an access token ends that token only', async (t) => {
   t.ok((ttl ?? 0) > 590_000 && (ttl ?? 0) <= 600_000, `record TTL ${String(ttl)} is the access token's remaining life`)
 })
 
+test('an access token introspected over and over (its verification cached) is still ended by revocation and by its expiry', async (t) => {
+  const app = await build(t, { ACCESS_TOKEN_TTL: '1' })
+  const [revoked, expiring] = [await issue(app, { sub: 'a' }), await issue(app, { sub: 'b' })]
+  for (let i = 0; i < 3; i++) {
+    t.match(await introspectToken(app, revoked.access_token), { active: true })
+    t.match(await introspectToken(app, expiring.access_token), { active: true })
+  }
+  await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+  t.same(await introspectToken(app, revoked.access_token), { active: false }, 'revoked: inactive at once')
+  const exp = Number(decodeJwt(expiring.access_token).payload['exp'])
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, exp * 1000 - Date.now()) + 20))
+  t.same(await introspectToken(app, expiring.access_token), { active: false }, 'expired: inactive, cached or not')
+})
+
 test('revoking an invalid or expired token answers 200 {} (RFC 7009)', async (t) => {
   const app = await build(t)
   for (const token of ['garbage', 'a.b.c', 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.']) {
