@@ -231,12 +231,15 @@ export class RefreshTraffic {
   readonly codes = new Set<string>()
   private readonly tokens: string[]
   private readonly lastServed: number[]
+  /** Users that got an answer a retry cannot change (a 4xx), and stopped. */
+  private readonly settled: boolean[]
   private stopped = false
   private readonly loops: Array<Promise<void>>
 
   constructor (base: string, refreshTokens: string[]) {
     this.tokens = [...refreshTokens]
     this.lastServed = this.tokens.map(() => 0)
+    this.settled = this.tokens.map(() => false)
     this.loops = this.tokens.map(async (_, i) => {
       while (!this.stopped) {
         const response = await fetch(`${base}/v1/tokens/refresh`, {
@@ -249,15 +252,20 @@ export class RefreshTraffic {
           this.lastServed[i] = Date.now()
         } else {
           this.codes.add(String(body.code))
+          // A 4xx will not change on retry (a logged-out user): this user stops, and the test sees why.
+          if (response.status < 500) {
+            this.settled[i] = true
+            break
+          }
           await new Promise((resolve) => setTimeout(resolve, 20))
         }
       }
     })
   }
 
-  /** How many users got a 200 after `time` (ms since the epoch). */
+  /** How many users got a 200 after `time` (ms since the epoch), or stopped on a 4xx (for the test to report). */
   servedSince (time: number): number {
-    return this.lastServed.filter((served) => served > time).length
+    return this.lastServed.filter((served, i) => served > time || this.settled[i]).length
   }
 
   get users (): number {
@@ -327,6 +335,13 @@ export async function startCluster (t: Test & { testdir: () => string }, options
       const info = await redisCommand(server.url, 'CLUSTER', 'INFO') as string
       const role = await redisCommand(server.url, 'INFO', 'replication') as string
       return info.includes('cluster_state:ok') && (role.includes('role:master') || role.includes('master_link_status:up'))
+    })
+  }
+  // And every node knows every shard's replicas (CLUSTER SLOTS lists them once gossip has spread).
+  for (const server of servers) {
+    await until('every node to know the replicas', async () => {
+      const slots = await redisCommand(server.url, 'CLUSTER', 'SLOTS') as unknown[][]
+      return slots.length === masters && slots.every((range) => range.length >= 3 + replicas)
     })
   }
   return { nodes: addresses.join(','), servers }
