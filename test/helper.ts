@@ -15,6 +15,13 @@ export interface Test {
   teardown: (fn: () => unknown) => void
 }
 
+/** The assertions the shared checks make. */
+export interface Assertions {
+  // Method syntax: tap's own signatures take more than these, and methods compare bivariantly.
+  same (found: unknown, wanted: unknown, message: string): unknown
+  equal (found: unknown, wanted: unknown, message: string): unknown
+}
+
 export const API_KEY = 'test-api-key-0123456789abcdef'
 export const OTHER_API_KEY = 'other-api-key-0123456789abcdef'
 
@@ -214,6 +221,28 @@ export async function startSentinel (t: Test & { testdir: () => string }, name =
     return replicas.length === 1
   })
   return { sentinels: `127.0.0.1:${port}`, primary, replica, sentinel }
+}
+
+/**
+ * What every Redis shape must do as one node does (the app runs with REFRESH_REUSE_GRACE=0):
+ * each subject's refresh rotates, a replay is reuse and revokes the session; a revoked access
+ * token introspects inactive; log-out-everywhere ends a session.
+ */
+export async function checkRotationAndRevocation (t: Test & Assertions, app: FastifyInstance, subjects: string[]): Promise<void> {
+  t.same((await app.inject({ method: 'GET', url: '/health/ready' })).json(), { status: 'ok', store: 'redis' }, 'ready, on Redis')
+  for (const sub of subjects) {
+    const pair = await issue(app, { sub })
+    const rotated = await refreshWith(app, pair.refresh_token)
+    t.equal(rotated.statusCode, 200, `${sub}: refresh`)
+    t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_reused', `${sub}: reuse is detected`)
+    t.equal((await refreshWith(app, rotated.json<Pair>().refresh_token)).json().code, 'token_revoked', `${sub}: and revokes the session`)
+  }
+  const revoked = await issue(app, { sub: 'revoked-access' })
+  await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+  t.same(await introspectToken(app, revoked.access_token), { active: false }, 'a revoked access token is inactive')
+  const everywhere = await issue(app, { sub: 'everywhere' })
+  await app.inject({ method: 'POST', url: '/v1/subjects/everywhere/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
+  t.equal((await refreshWith(app, everywhere.refresh_token)).json().code, 'token_revoked', 'log out everywhere ends the session')
 }
 
 /** The same refresh token sent `count` times at once over real sockets; the statuses, in order. */

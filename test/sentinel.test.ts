@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { API_KEY, build, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, refreshWith, startSentinel, until, type Pair } from './helper.js'
+import { build, checkRotationAndRevocation, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, startSentinel, until } from './helper.js'
 
 // One primary, one replica, one sentinel for the file; the failover test comes last.
 test('behind Redis Sentinel', async (t) => {
@@ -9,18 +9,7 @@ test('behind Redis Sentinel', async (t) => {
   const base = await listen(app)
 
   await t.test('rotation, reuse, revocation and log-out-everywhere work as on one node', async (t) => {
-    t.same((await app.inject({ method: 'GET', url: '/health/ready' })).json(), { status: 'ok', store: 'redis' })
-    const pair = await issue(app, { sub: 'alice' })
-    const rotated = await refreshWith(app, pair.refresh_token)
-    t.equal(rotated.statusCode, 200)
-    t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_reused')
-    t.equal((await refreshWith(app, rotated.json<Pair>().refresh_token)).json().code, 'token_revoked', 'reuse revoked the session')
-    const revoked = await issue(app, { sub: 'bob' })
-    await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
-    t.same(await introspectToken(app, revoked.access_token), { active: false })
-    const everywhere = await issue(app, { sub: 'carol' })
-    await app.inject({ method: 'POST', url: '/v1/subjects/carol/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
-    t.equal((await refreshWith(app, everywhere.refresh_token)).json().code, 'token_revoked')
+    await checkRotationAndRevocation(t, app, ['alice', 'bob'])
   })
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
