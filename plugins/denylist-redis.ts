@@ -148,9 +148,9 @@ export class RedisDenylist implements Denylist {
     const results = await this.guard(queue.exec()) as [[Error | null, unknown], [Error | null, number]]
     for (const [error] of results) if (error !== null) await this.guard(Promise.reject(error))
     const [[, reply], [, confirmed]] = results
-    if (confirmed < replicas) {
-      throw new StoreUnavailableError(`only ${confirmed} of ${replicas} Redis replicas confirmed a denylist write within ${timeoutMs} ms (REDIS_WAIT_REPLICAS)`)
-    }
+    const detail = `${confirmed} of ${replicas} Redis replicas confirmed a denylist write within ${timeoutMs} ms`
+    this.health?.replicas(confirmed >= replicas, detail)
+    if (confirmed < replicas) throw new StoreUnavailableError(`only ${detail} (REDIS_WAIT_REPLICAS)`)
     return reply
   }
 

@@ -76,6 +76,15 @@ export class RedisHealth {
     }
     this.reported = false
   }
+
+  /** Whether replicas confirm denylist writes (REDIS_WAIT_REPLICAS); said once per change. */
+  private confirming = true
+  replicas (confirming: boolean, detail: string): void {
+    if (confirming === this.confirming) return
+    this.confirming = confirming
+    if (confirming) this.log.info('store durable again: Redis replicas confirm denylist writes')
+    else this.log.error({ reason: detail }, 'store not durable: Redis replicas do not confirm denylist writes (REDIS_WAIT_REPLICAS); refresh and revoke answer 503 denylist_unavailable until they do')
+  }
 }
 
 /** A reason not to start at all, as opposed to a Redis that is merely not there yet. */
