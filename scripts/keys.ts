@@ -233,6 +233,7 @@ const OPTIONS = {
   force: { type: 'boolean' },
   'min-age': { type: 'string' }
 } as const
+type ParsedValues = ReturnType<typeof parseArgs<{ options: typeof OPTIONS, allowPositionals: true, strict: true }>>['values']
 
 /** The options each command takes, and how many positionals (file, and for retire a kid). */
 const COMMANDS: Record<string, { options: string[], positionals: number }> = {
@@ -254,6 +255,33 @@ function run (argv: string[], env: Env, now: Date): Report {
     !Object.keys(values).every((name) => spec.options.includes(name))) {
     throw new UsageError(spec === undefined ? `no such command: "${command}"` : `not a valid ${command} command line`)
   }
+  return withLock(path, () => runCommand(command, path, values, rest, env, now))
+}
+
+/**
+ * One keys command at a time per file: two rotations at once would each read the file, add
+ * their key and write, and the second write would drop the first key (its tokens then fail).
+ * The lock is a file beside the keys file, created exclusively, removed when the command ends.
+ */
+function withLock<T> (path: string, command: () => T): T {
+  const lock = `${path}.lock`
+  let fd: number
+  try {
+    fd = openSync(lock, 'wx', 0o600)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new KeysCommandError(`cannot create ${lock}: ${(error as Error).message}`)
+    throw new KeysCommandError(`another keys command is changing ${path} (${lock} exists, written by pid ${readFileSync(lock, 'utf8').trim() || '?'}); if none is running, remove ${lock}`)
+  }
+  try {
+    writeSync(fd, `${process.pid}\n`)
+    closeSync(fd)
+    return command()
+  } finally {
+    rmSync(lock, { force: true })
+  }
+}
+
+function runCommand (command: string, path: string, values: ParsedValues, rest: string[], env: Env, now: Date): Report {
   if (command === 'generate') {
     const algorithm = ALGORITHMS.find((name) => name === (values.alg ?? env['JWT_ALGORITHM'] ?? 'EdDSA'))
     if (algorithm === undefined) throw new UsageError(`--alg (or JWT_ALGORITHM): expected one of ${ALGORITHMS.join(', ')}`)

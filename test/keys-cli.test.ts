@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
-import { chownSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chownSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
@@ -258,6 +258,22 @@ test('main runs each command, answers what it did, and exit code 1 for a refusal
   t.match(main(['rotate', join(dir, 'absent.json')], {}), { code: 1, text: /ENOENT/ })
   writeFileSync(join(dir, 'bad.json'), '{"keys": []}')
   t.match(main(['rotate', join(dir, 'bad.json')], {}), { code: 1, text: /^keys: invalid settings/ })
+})
+
+test('one keys command at a time per file: a second one while the lock exists is refused, and the file is untouched', async (t) => {
+  const dir = t.testdir({})
+  const path = join(dir, 'keys.json')
+  t.equal(main(['generate', path], {}).code, 0)
+  const before = readFileSync(path, 'utf8')
+  writeFileSync(`${path}.lock`, '4242\n')
+  t.match(main(['rotate', path], {}), { code: 1, text: /another keys command is changing .*keys\.json \(.*keys\.json\.lock exists, written by pid 4242\); if none is running, remove/ })
+  writeFileSync(`${path}.lock`, '')
+  t.match(main(['retire', path, '--force'], {}), { code: 1, text: /written by pid \?/ })
+  t.equal(readFileSync(path, 'utf8'), before, 'the keys file is as it was')
+  rmSync(`${path}.lock`)
+  t.equal(main(['rotate', path], {}).code, 0, 'with the lock gone, it runs')
+  t.notOk(existsSync(`${path}.lock`), 'and leaves no lock behind')
+  t.match(main(['rotate', join(dir, 'no-such-folder', 'keys.json')], {}), { code: 1, text: /cannot create .*no-such-folder.*keys\.json\.lock: ENOENT/ })
 })
 
 interface Run { code: number | null, stdout: string, stderr: string }
