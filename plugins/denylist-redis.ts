@@ -146,7 +146,8 @@ export class RedisDenylist implements Denylist {
     queue.wait(replicas, timeoutMs)
     // A pipeline's exec answers one [error, reply] per command (null only for a discarded MULTI).
     const results = await this.guard(queue.exec()) as [[Error | null, unknown], [Error | null, number]]
-    for (const [error] of results) if (error !== null) await this.guard(Promise.reject(error))
+    const failed = results.find(([error]) => error !== null)
+    if (failed !== undefined) throw this.unavailable(failed[0])
     const [[, reply], [, confirmed]] = results
     const detail = `${confirmed} of ${replicas} Redis replicas confirmed a denylist write within ${timeoutMs} ms`
     this.health?.replicas(confirmed >= replicas, detail)
@@ -161,9 +162,14 @@ export class RedisDenylist implements Denylist {
       if (this.health !== null && !this.health.reachable) this.health.up()
       return result
     } catch (error) {
-      const reason = (error as Error).message
-      this.health?.down(reason)
-      throw new StoreUnavailableError(reason)
+      throw this.unavailable(error)
     }
+  }
+
+  /** A failed command as the 503 it becomes; Redis is marked unreachable (said once per outage). */
+  private unavailable (error: unknown): StoreUnavailableError {
+    const reason = (error as Error).message
+    this.health?.down(reason)
+    return new StoreUnavailableError(reason)
   }
 }

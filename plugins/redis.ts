@@ -58,6 +58,7 @@ export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memor
 export class RedisHealth {
   reachable = false
   private reported: boolean | null = null
+  private confirming = true
   private readonly log: FastifyBaseLogger
   constructor (log: FastifyBaseLogger) {
     this.log = log
@@ -78,7 +79,6 @@ export class RedisHealth {
   }
 
   /** Whether replicas confirm denylist writes (REDIS_WAIT_REPLICAS); said once per change. */
-  private confirming = true
   replicas (confirming: boolean, detail: string): void {
     if (confirming === this.confirming) return
     this.confirming = confirming

@@ -270,7 +270,7 @@ function withLock<T> (path: string, command: () => T): T {
     fd = openSync(lock, 'wx', 0o600)
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new KeysCommandError(`cannot create ${lock}: ${(error as Error).message}`)
-    throw new KeysCommandError(`another keys command is changing ${path} (${lock} exists, written by pid ${readFileSync(lock, 'utf8').trim() || '?'}); if none is running, remove ${lock}`)
+    throw new KeysCommandError(`another keys command is changing ${path} (${lock} exists, written by pid ${lockOwner(lock)}); if none is running, remove ${lock}`)
   }
   try {
     writeSync(fd, `${process.pid}\n`)
@@ -278,6 +278,16 @@ function withLock<T> (path: string, command: () => T): T {
     return command()
   } finally {
     rmSync(lock, { force: true })
+  }
+}
+
+/** The pid in a lock file, or ? when it is empty or already gone (its command just ended). */
+function lockOwner (lock: string): string {
+  try {
+    return readFileSync(lock, 'utf8').trim() || '?'
+  /* c8 ignore next 3: the lock removed between the failed create and this read */
+  } catch {
+    return '?'
   }
 }
 

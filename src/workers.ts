@@ -29,7 +29,8 @@ export function runPrimary (config: Config): void {
   const aggregator = new AggregatorRegistry()
   let stopping = false
   let listening = 0
-  let restartDelayMs = RESTART_MIN_MS / 2
+  /** How long the next restart of a worker that died young waits. */
+  let restartDelayMs = RESTART_MIN_MS
 
   const restarts = new Set<NodeJS.Timeout>()
   // In the primary, cluster.workers is always there.
@@ -63,12 +64,13 @@ export function runPrimary (config: Config): void {
       }
       listening--
       /* c8 ignore next: the tests do not wait a minute for a worker to count as stable */
-      restartDelayMs = Date.now() - bornAt > STABLE_MS ? RESTART_MIN_MS : Math.min(restartDelayMs * 2, RESTART_MAX_MS)
-      log.error({ worker: worker.process.pid, code, signal, restartInMs: restartDelayMs }, 'a worker died: starting another')
+      const delayMs = Date.now() - bornAt > STABLE_MS ? RESTART_MIN_MS : restartDelayMs
+      restartDelayMs = Math.min(delayMs * 2, RESTART_MAX_MS)
+      log.error({ worker: worker.process.pid, code, signal, restartInMs: delayMs }, 'a worker died: starting another')
       const timer = setTimeout(() => {
         restarts.delete(timer)
         fork()
-      }, restartDelayMs)
+      }, delayMs)
       restarts.add(timer)
     })
   }
