@@ -62,10 +62,4 @@ export default fp(async function metricsPlugin (app) {
     }, reply.elapsedTime / 1000)
     done()
   })
-  app.get('/metrics', {
-    schema: { summary: 'Prometheus metrics, text exposition format', tags: ['operations'], hide: false }
-  }, async (_request, reply) => {
-    reply.header('content-type', metrics.registry.contentType)
-    return await metrics.collect()
-  })
 }, { name: 'metrics', fastify: '5.x' })

@@ -20,6 +20,8 @@ import subjectRoutes from './routes/subjects.js'
 import wellKnownRoutes from './routes/well-known.js'
 import healthRoutes from './routes/health.js'
 import simpleJwtRoutes from './routes/simplejwt.js'
+import metricsRoutes from './routes/metrics.js'
+import { buildManagementApp } from './management.js'
 
 export interface BuildOptions {
   /** A pino destination stream (tests capture the log through it); stdout by default. */
@@ -34,6 +36,8 @@ export interface BuildOptions {
  * @example
  * const app = await buildApp(loadConfig(process.env))
  * await app.listen({ port: app.config.port, host: app.config.host })
+ * // and, when MANAGEMENT_PORT is set:
+ * await app.management?.listen({ port: app.config.managementPort, host: app.config.managementHost })
  */
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const logger: FastifyServerOptions['logger'] = {
@@ -72,5 +76,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(wellKnownRoutes)
   await app.register(healthRoutes)
   if (config.compatSimpleJwt) await app.register(simpleJwtRoutes)
+
+  // With an ops listener, /metrics is served there alone (health on both: a load balancer may probe either).
+  if (config.managementPort === null) {
+    await app.register(metricsRoutes)
+    app.decorate('management', null)
+  } else {
+    const management = await buildManagementApp(app)
+    app.decorate('management', management)
+    app.addHook('onClose', async () => { await management.close() })
+  }
   return app
 }

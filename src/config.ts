@@ -16,6 +16,9 @@ export type RedisSetting =
 export interface Config {
   port: number
   host: string
+  /** The ops listener (/metrics, /health/*), or null: everything on `port`. */
+  managementPort: number | null
+  managementHost: string
   /** Processes serving requests (node:cluster); 1: this process alone. */
   workers: number
   logLevel: string
@@ -183,10 +186,13 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     if (denylistEnabled && redis.kind === 'memory') problems.push('NODE_ENV=production with DENYLIST_ENABLED=true needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS: an in-process denylist is lost on restart and not shared')
   }
 
+  const host = read('HOST') ?? '127.0.0.1'
   const config: Config = {
     port: integer('PORT', 8080, 0, 65535),
     workers: integer('WORKERS', 1, 1, 64),
-    host: read('HOST') ?? '127.0.0.1',
+    host,
+    managementPort: read('MANAGEMENT_PORT') === undefined ? null : integer('MANAGEMENT_PORT', 0, 1, 65535),
+    managementHost: read('MANAGEMENT_HOST') ?? host,
     logLevel: oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     isProduction,
     redis,
@@ -217,6 +223,9 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     rateLimitAllow,
     compatSimpleJwt: boolean('COMPAT_SIMPLEJWT', true),
     legacySimpleJwtSigningKey: read('LEGACY_SIMPLEJWT_SIGNING_KEY') ?? null
+  }
+  if (config.managementPort !== null && config.managementPort === config.port) {
+    problems.push(`MANAGEMENT_PORT=${config.managementPort}: expected a port other than PORT (${config.port}); the ops listener needs a port of its own`)
   }
   if (config.redisKeyPrefix.includes('{') || config.redisKeyPrefix.includes('}')) {
     problems.push('REDIS_KEY_PREFIX: must not contain { or } (Rotor places its own hash tags)')

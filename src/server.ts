@@ -59,4 +59,5 @@ async function serve (config: Config): Promise<void> {
   })
 
   await app.listen({ port: config.port, host: config.host })
+  if (app.management !== null) await app.management.listen({ port: config.managementPort ?? 0, host: config.managementHost })
 }

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { test, type Test } from 'tap'
 import { ConfigError, loadConfig, parseDuration, type Algorithm, type Config } from '../src/config.js'
 import { loadKeyMaterial, type KeyMaterial } from '../plugins/key-material.js'
-import { startRedis } from './helper.js'
+import { freePort, startRedis } from './helper.js'
 
 type Env = Record<string, string>
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -58,6 +58,8 @@ test('with no settings every default of the contract applies', async (t) => {
   t.has(config, {
     port: 8080,
     host: '127.0.0.1',
+    managementPort: null,
+    managementHost: '127.0.0.1',
     logLevel: 'info',
     isProduction: false,
     redis: { kind: 'memory' },
@@ -83,6 +85,11 @@ test('with no settings every default of the contract applies', async (t) => {
   t.strictSame(config.corsOrigins, ['http://localhost:3000'])
   t.strictSame(config.jwtAudience, [])
   t.strictSame(config.rateLimitAllow, [])
+})
+
+test('MANAGEMENT_HOST defaults to HOST', async (t) => {
+  t.has(loadConfig({ HOST: '0.0.0.0', MANAGEMENT_PORT: '9100' }), { managementPort: 9100, managementHost: '0.0.0.0' })
+  t.has(loadConfig({ HOST: '0.0.0.0', MANAGEMENT_PORT: '9100', MANAGEMENT_HOST: '127.0.0.1' }), { managementHost: '127.0.0.1' })
 })
 
 test('outside production a missing API_KEYS gets one generated key, different at every start', async (t) => {
@@ -132,7 +139,8 @@ test('every bad value is a ConfigError naming its variable', async (t) => {
     { REUSE_DETECTION: 'block' }, { JWT_ALGORITHM: 'none' }, { JWT_ALGORITHM: 'HS512' },
     { API_KEYS: 'short' }, { CORS_ORIGINS: 'http://localhost:3000/' }, { CORS_ORIGINS: '*' },
     { RATE_LIMIT_MAX: '0' }, { RATE_LIMIT_MAX: '1e3' }, { RATE_LIMIT_ALLOW: 'next-server' },
-    { REDIS_KEY_PREFIX: 'rotor:{a}:' }
+    { REDIS_KEY_PREFIX: 'rotor:{a}:' }, { MANAGEMENT_PORT: 'ops' }, { MANAGEMENT_PORT: '0' }, { MANAGEMENT_PORT: '65536' },
+    { MANAGEMENT_PORT: '8080' }
   ]
   for (const env of bad) {
     const [name = ''] = Object.keys(env)
@@ -269,7 +277,7 @@ const SETTINGS = [
   'DENYLIST_ENABLED', 'ROTATE_REFRESH_TOKENS', 'ACCESS_TOKEN_TTL', 'REFRESH_TOKEN_TTL', 'SESSION_MAX_TTL', 'REFRESH_REUSE_GRACE',
   'REUSE_DETECTION', 'LEEWAY', 'JWT_ALGORITHM', 'JWT_KEYS_FILE', 'JWT_ACTIVE_KID', 'JWT_SECRET', 'JWT_ISSUER', 'JWT_AUDIENCE',
   'API_KEYS', 'CORS_ORIGINS', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW', 'TRUST_PROXY', 'RATE_LIMIT_ALLOW', 'COMPAT_SIMPLEJWT',
-  'LEGACY_SIMPLEJWT_SIGNING_KEY', 'NODE_ENV'
+  'LEGACY_SIMPLEJWT_SIGNING_KEY', 'NODE_ENV', 'MANAGEMENT_PORT', 'MANAGEMENT_HOST'
 ]
 
 interface Run { code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string, timedOut: boolean }
@@ -305,6 +313,14 @@ test('the server exits with code 1 and names the bad variable on stderr', async 
   t.notMatch(run.stdout, 'Server listening')
 })
 
+test('the server exits with code 1 when MANAGEMENT_PORT is PORT, naming it', async (t) => {
+  const run = await runServer({ PORT: '9090', MANAGEMENT_PORT: '9090', LOG_LEVEL: 'info' })
+  t.notOk(run.timedOut)
+  t.equal(run.code, 1)
+  t.match(run.stderr, /MANAGEMENT_PORT=9090: expected a port other than PORT \(9090\)/)
+  t.notMatch(run.stdout, 'Server listening')
+})
+
 test('the server exits with code 1 on a keys file it cannot read, naming JWT_KEYS_FILE', async (t) => {
   const run = await runServer({ JWT_KEYS_FILE: join(t.testdir({}), 'absent.json'), LOG_LEVEL: 'info' })
   t.notOk(run.timedOut)
@@ -315,10 +331,15 @@ test('the server exits with code 1 on a keys file it cannot read, naming JWT_KEY
 
 test('with valid settings the server listens, and SIGTERM shuts it down with exit code 0', async (t) => {
   let signalled = false
-  const run = await runServer({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info' }, (stdout, kill) => {
-    if (!signalled && stdout.includes('Server listening')) {
+  const managementPort = await freePort()
+  const opsAnswers: number[] = []
+  const run = await runServer({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', MANAGEMENT_PORT: String(managementPort) }, (stdout, kill) => {
+    if (!signalled && stdout.split('Server listening').length === 3) {
       signalled = true
-      kill('SIGTERM')
+      // The ops listener answers over its own socket before the shutdown.
+      fetch(`http://127.0.0.1:${managementPort}/health/live`)
+        .then((response) => { opsAnswers.push(response.status) }, () => { opsAnswers.push(0) })
+        .finally(() => { kill('SIGTERM') })
     }
   })
   t.notOk(run.timedOut, 'exited before the timeout')
@@ -327,6 +348,8 @@ test('with valid settings the server listens, and SIGTERM shuts it down with exi
   t.equal(run.code, 0, 'graceful shutdown exits 0')
   const lines = run.stdout.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as Record<string, unknown>)
   t.ok(lines.some((line) => typeof line['msg'] === 'string' && line['msg'].startsWith('Server listening at http://127.0.0.1:')))
+  t.ok(lines.some((line) => line['msg'] === `Server listening at http://127.0.0.1:${managementPort}` && line['listener'] === 'management'), 'the ops listener on MANAGEMENT_PORT')
+  t.same(opsAnswers, [200], 'which answers /health/live')
   t.ok(lines.some((line) => line['msg'] === 'shutting down' && line['signal'] === 'SIGTERM'))
   t.ok(lines.some((line) => /denylist is in this process only/.test(String(line['msg']))), 'the in-process store is said at start')
   const generated = /generated one for this run only:\s+(\S+)/.exec(run.stderr)?.[1]

@@ -7,7 +7,7 @@ test('every setting Rotor reads is in the README\'s settings table and in .env.e
   const source = read('src/config.ts')
   const names = [...new Set([...source.matchAll(/\b(?:read|integer|boolean|duration|optionalDuration|oneOf|hostPorts|list)\('([A-Z][A-Z0-9_]+)'/g)].map((match) => String(match[1])))]
   t.ok(names.length >= 30, `found the settings in src/config.ts (${names.length})`)
-  t.ok(names.includes('REDIS_WAIT_REPLICAS') && names.includes('WORKERS'), 'including the newest')
+  t.ok(names.includes('REDIS_WAIT_REPLICAS') && names.includes('MANAGEMENT_PORT'), 'including the newest')
   const readme = read('README.md')
   const table = readme.slice(readme.indexOf('## Settings'), readme.indexOf('## Routes'))
   const example = read('.env.example')

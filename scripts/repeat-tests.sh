@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs test files again and again, to prove they do not flake: each file RUNS times in a row
+# (default 10), stopping at the first failure and keeping its whole output.
+#
+#   scripts/repeat-tests.sh                       # the files that start Redis processes, 10 runs each
+#   RUNS=20 scripts/repeat-tests.sh test/sentinel.test.ts
+#   FULL=3 scripts/repeat-tests.sh                # npm test, 3 full runs in a row (coverage and all)
+#
+# Prints one line per run and a tally; exits 1 at the first failure (its output is in $OUT).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-10}
+OUT=${OUT:-$(mktemp -d -t rotor-repeat-XXXXXX)}
+mkdir -p "$OUT"
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=(test/sentinel.test.ts test/cluster.test.ts test/replication.test.ts test/multi-instance.test.ts test/store-faults.test.ts test/workers.test.ts test/shutdown.test.ts)
+
+run() { # label, log file, command...
+  local label=$1 log=$2; shift 2
+  local start=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    echo "pass  $label  $((SECONDS - start)) s"
+  else
+    echo "FAIL  $label  $((SECONDS - start)) s  (output: $log)"
+    grep -E '^\s*not ok' "$log" | head -5
+    return 1
+  fi
+}
+
+if [ -n "${FULL:-}" ]; then
+  for i in $(seq "$FULL"); do run "npm test #$i" "$OUT/npm-test-$i.log" npm test || exit 1; done
+  echo "npm test: $FULL of $FULL runs passed ($(node --version))"
+  exit 0
+fi
+
+for file in "${files[@]}"; do
+  name=$(basename "$file" .test.ts)
+  for i in $(seq "$RUNS"); do
+    run "$name #$i" "$OUT/$name-$i.log" npx tap --disable-coverage --reporter=tap "$file" || exit 1
+  done
+  echo "$name: $RUNS of $RUNS runs passed"
+done
+echo "every file passed $RUNS runs in a row ($(node --version)); logs in $OUT"
