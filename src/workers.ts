@@ -50,7 +50,10 @@ export function runPrimary (config: Config): void {
     const worker = cluster.fork()
     const bornAt = Date.now()
     let started = false
+    // A worker listens once per listener (PORT, and MANAGEMENT_PORT when set); it has started when all are up.
+    let listeners = config.managementPort === null ? 1 : 2
     worker.on('listening', () => {
+      if (--listeners > 0) return
       started = true
       if (++listening === config.workers) log.info({ workers: config.workers, pids: workers().map((w) => w.process.pid) }, 'all workers listening')
     })

@@ -61,6 +61,7 @@ const withMessage = (lines: Array<Record<string, unknown>>, message: string): Ar
 
 test('WORKERS=2: two processes share the port, the keys and Redis; one dying is replaced; SIGHUP and SIGTERM reach the workers', async (t) => {
   const port = await freePort()
+  const opsPort = await freePort()
   const prefix = `rotor-test:${randomBytes(6).toString('hex')}:`
   t.teardown(async () => { await deletePrefix(REDIS_URL, prefix) })
   const server = spawnServer(t, {
@@ -71,7 +72,8 @@ test('WORKERS=2: two processes share the port, the keys and Redis; one dying is 
     REDIS_KEY_PREFIX: prefix,
     JWT_ALGORITHM: 'HS256',
     JWT_SECRET: randomBytes(32).toString('base64url'),
-    RATE_LIMIT_MAX: '100000'
+    RATE_LIMIT_MAX: '100000',
+    MANAGEMENT_PORT: String(opsPort)
   })
   await until('both workers to listen', async () => withMessage(server.lines, 'all workers listening').length === 1, 30_000)
   const pids = withMessage(server.lines, 'all workers listening')[0]?.['pids'] as number[]
@@ -83,9 +85,10 @@ test('WORKERS=2: two processes share the port, the keys and Redis; one dying is 
   const refreshed = await Promise.all(pairs.map(async (pair) => (await send(port, 'POST', '/v1/tokens/refresh', { refresh_token: pair.refresh_token })).status))
   t.same(refreshed, pairs.map(() => 200), 'a token issued by one worker refreshes on any')
 
-  // /metrics on either worker counts what both did.
+  // /metrics on either worker's ops listener counts what both did.
+  t.equal((await send(port, 'GET', '/metrics')).status, 404, '/metrics is on the ops port only')
   for (let i = 0; i < 2; i++) {
-    const metrics = (await send(port, 'GET', '/metrics')).body
+    const metrics = (await send(opsPort, 'GET', '/metrics')).body
     t.match(metrics, /^rotor_tokens_issued_total 20$/m, 'issued: the sum over the workers')
     t.match(metrics, /^rotor_tokens_refreshed_total\{retry="false"\} 20$/m, 'refreshed: the sum over the workers')
   }
@@ -100,6 +103,7 @@ test('WORKERS=2: two processes share the port, the keys and Redis; one dying is 
   const replaced = withMessage(server.lines, 'all workers listening')[1]?.['pids'] as number[]
   t.notOk(replaced.includes(pids[0]!), 'the dead worker is gone from the set')
   t.equal((await send(port, 'GET', '/health/live')).status, 200)
+  t.equal((await send(opsPort, 'GET', '/health/live')).status, 200, 'both listeners of the replacement are up')
 
   // The replacement dies young too: its own replacement waits 1 s, and a SIGTERM in that second cancels it.
   process.kill(replaced.find((pid) => pid !== pids[1])!, 'SIGKILL')
