@@ -1,7 +1,13 @@
+import { existsSync, readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { ERROR_CODES } from '../src/errors.js'
+
+// package.json is one folder up from plugins/ in a checkout, two from dist/plugins/ when built.
+const PACKAGE = [new URL('../package.json', import.meta.url), new URL('../../package.json', import.meta.url)].find((url) => existsSync(url))
+/** Rotor's release, as package.json says (the document's info.version). */
+export const VERSION = String((JSON.parse(readFileSync(PACKAGE ?? '', 'utf8')) as { version?: unknown }).version)
 
 const ERROR_TABLE = Object.entries(ERROR_CODES).map(([code, status]) => `| ${status} | \`${code}\` |`).join('\n')
 
@@ -15,7 +21,7 @@ export default fp(async function openapiPlugin (app) {
       openapi: '3.0.3',
       info: {
         title: 'Rotor',
-        version: '1.0.0',
+        version: VERSION,
         description: 'Issues and rotates JWT access/refresh pairs. Every error answer is ' +
           '`{"statusCode", "code", "error", "message"}`; the codes are stable:\n\n| status | code |\n|---|---|\n' + ERROR_TABLE
       },
