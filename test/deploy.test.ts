@@ -167,6 +167,14 @@ function keysMount (): { mountPath: string, subPath?: string, readOnly?: boolean
   return { ...mount, secretName: volume?.secret?.secretName, defaultMode: volume?.secret?.defaultMode }
 }
 
+type App = Awaited<ReturnType<typeof build>>
+
+/** The app's ops listener (MANAGEMENT_PORT), which the probes and Prometheus reach. */
+function opsListener (app: App): NonNullable<App['management']> {
+  if (app.management === null) throw new Error('no ops listener: MANAGEMENT_PORT is not set')
+  return app.management
+}
+
 /** What Rotor says is wrong with its settings; none when they load. */
 function problems (load: () => unknown): string[] {
   try {
@@ -210,6 +218,11 @@ test('the pod\'s environment is a valid production configuration, once the examp
   t.equal(config.isProduction, true)
   t.equal(config.host, '0.0.0.0', 'listens where the kubelet and the Service reach it')
   t.equal(config.port, containerPort('http'), 'on the container port')
+  t.ok(rotorContainer().env?.some((variable) => variable.name === 'MANAGEMENT_PORT' && variable.value !== undefined), 'the Deployment sets MANAGEMENT_PORT itself: the layout fixes it, no ConfigMap can move it')
+  t.type(containerPort('ops'), 'number', 'there is a container port named ops')
+  t.equal(config.managementPort, containerPort('ops'), 'the ops listener is on the container port named ops')
+  t.not(config.managementPort, config.port, 'a port of its own')
+  t.equal(config.managementHost, '0.0.0.0', 'on every interface too, where the kubelet and Prometheus reach it')
   t.not(config.redis.kind, 'memory', 'with a Redis, shared by every pod')
   t.equal(config.denylistEnabled, true)
 
@@ -267,18 +280,46 @@ test('a Secret update, swapped in the way the kubelet does it, reaches a running
   t.equal(app.keyring.active.kid, before[0], 'and the active key still signs')
 })
 
-test('the Service, the probes, the NetworkPolicy and the scrape annotation all point at the port Rotor listens on', async (t) => {
+test('the Service, the probes, the NetworkPolicy and the scrape annotation all point at the ports Rotor listens on', async (t) => {
   const port = Number(podEnvironment()['PORT'])
-  t.equal(containerPort('http'), port, 'the container port is PORT')
+  const opsPort = Number(podEnvironment()['MANAGEMENT_PORT'])
+  t.equal(containerPort('http'), port, 'the container port http is PORT')
+  t.equal(containerPort('ops'), opsPort, 'the container port ops is MANAGEMENT_PORT')
+  t.not(opsPort, port)
   const service = only<IService>('Service', 'rotor')
-  t.same(service.spec?.ports?.map((entry) => containerPort(entry.targetPort)), [port], 'the Service sends to it')
+  t.same(service.spec?.ports?.map((entry) => containerPort(entry.targetPort)), [port], 'the Service sends to http only: the ops port is not in it')
   for (const [name, probe] of Object.entries(probes())) {
-    t.equal(containerPort(probe.httpGet?.port), port, `${name} probe`)
+    t.equal(probe.httpGet?.port, 'ops', `${name} probe targets the ops port by name`)
+    t.equal(containerPort(probe.httpGet?.port), opsPort, `${name} probe reaches MANAGEMENT_PORT`)
     t.not(probe.httpGet?.scheme, 'HTTPS', `${name} probe speaks plain HTTP, as Rotor does`)
   }
-  const policy = only<INetworkPolicy>('NetworkPolicy', 'rotor')
-  t.ok(policy.spec?.ingress?.some((rule) => rule.ports?.some((entry) => containerPort(entry.port) === port)), 'the NetworkPolicy lets it in')
-  t.equal(Number(deployment.spec?.template.metadata?.annotations?.['prometheus.io/port']), port, '/metrics is scraped there')
+  const annotations = deployment.spec?.template.metadata?.annotations ?? {}
+  t.equal(annotations['prometheus.io/scrape'], 'true')
+  t.equal(Number(annotations['prometheus.io/port']), opsPort, '/metrics is scraped on the ops port')
+  t.equal(annotations['prometheus.io/path'], '/metrics')
+})
+
+test('the NetworkPolicy lets callers into the service port and only Prometheus into the ops port', async (t) => {
+  const port = Number(podEnvironment()['PORT'])
+  const opsPort = Number(podEnvironment()['MANAGEMENT_PORT'])
+  const rules = only<INetworkPolicy>('NetworkPolicy', 'rotor').spec?.ingress ?? []
+  const admits = (target: number) => rules.filter((rule) => rule.ports?.some((entry) => containerPort(entry.port) === target))
+  t.ok(rules.every((rule) => (rule.ports ?? []).length > 0), 'every rule names its ports (a rule without ports admits every port)')
+
+  t.ok(admits(port).length > 0, 'the NetworkPolicy lets callers into the service port')
+  t.ok(admits(port).some((rule) => rule.from === undefined), 'from anywhere, as before: backends, the ingress controller')
+
+  const ops = admits(opsPort)
+  t.ok(ops.length > 0, 'the NetworkPolicy lets the scraper into the ops port')
+  for (const rule of ops) {
+    t.ok((rule.from ?? []).length > 0, 'the ops port is not open to everyone: its rule has a `from`')
+    for (const peer of rule.from ?? []) {
+      t.equal(peer.ipBlock, undefined, 'no address block: a pod, found by its labels')
+      t.ok(Object.keys(peer.namespaceSelector?.matchLabels ?? {}).length > 0, 'in a namespace named by its labels')
+      t.ok(Object.keys(peer.podSelector?.matchLabels ?? {}).length > 0, 'and a pod named by its labels, in the same entry (namespace AND pod)')
+    }
+  }
+  t.notOk(ops.some((rule) => rule.ports?.some((entry) => containerPort(entry.port) === port)), 'the ops rule opens nothing else')
 })
 
 test('the Deployment, Service, PodDisruptionBudget, NetworkPolicy and autoscaler all mean the same pods', async (t) => {
@@ -324,18 +365,33 @@ test('a terminating pod drains, then shuts down gracefully within its grace peri
   t.ok((probes().readiness.timeoutSeconds ?? 1) * 1000 > COMMAND_TIMEOUT_MS, 'readiness waits longer than Rotor waits for Redis, so it gets Rotor\'s answer')
 })
 
-test('the probes\' paths answer as the probes need: liveness and startup whatever Redis does, readiness only with Redis', async (t) => {
+test('the probes\' paths answer on the ops listener as the probes need: liveness and startup whatever Redis does, readiness only with Redis', async (t) => {
   const { startup, liveness, readiness } = probes()
-  const get = async (app: Awaited<ReturnType<typeof build>>, probe: IProbe): Promise<number> =>
-    (await app.inject({ method: 'GET', url: probe.httpGet?.path ?? '(no httpGet)' })).statusCode
+  const ops = { MANAGEMENT_PORT: podEnvironment()['MANAGEMENT_PORT'] ?? '' }
+  const get = async (app: App, probe: IProbe): Promise<number> =>
+    (await opsListener(app).inject({ method: 'GET', url: probe.httpGet?.path ?? '(no httpGet)' })).statusCode
 
-  const healthy = await build(t)
+  const healthy = await build(t, ops)
   t.equal(await get(healthy, startup), 200, `startup: ${String(startup.httpGet?.path)}`)
   t.equal(await get(healthy, liveness), 200, `liveness: ${String(liveness.httpGet?.path)}`)
   t.equal(await get(healthy, readiness), 200, `readiness: ${String(readiness.httpGet?.path)}`)
 
-  const noRedis = await build(t, { REDIS_URL: `redis://127.0.0.1:${await freePort()}` })
+  const noRedis = await build(t, { ...ops, REDIS_URL: `redis://127.0.0.1:${await freePort()}` })
   t.equal(await get(noRedis, startup), 200, 'a pod starting during a Redis outage is not killed')
   t.equal(await get(noRedis, liveness), 200, 'nor restarted: a restart cures no Redis outage')
   t.equal(await get(noRedis, readiness), 503, 'it leaves the Service until Redis answers')
+})
+
+test('Prometheus finds /metrics on the ops listener, and nobody finds it on the service port', async (t) => {
+  const annotations = deployment.spec?.template.metadata?.annotations ?? {}
+  const path = annotations['prometheus.io/path'] ?? '(no prometheus.io/path)'
+  const app = await build(t, { MANAGEMENT_PORT: podEnvironment()['MANAGEMENT_PORT'] ?? '' })
+
+  const scraped = await opsListener(app).inject({ method: 'GET', url: path })
+  t.equal(scraped.statusCode, 200, `${path} answers on the ops listener`)
+  t.match(scraped.body, /^rotor_tokens_issued_total /m, 'with Rotor\'s metrics')
+
+  const hidden = await app.inject({ method: 'GET', url: path })
+  t.equal(hidden.statusCode, 404, `${path} is 404 on the service port`)
+  t.equal(hidden.json<{ code: string }>().code, 'not_found')
 })
