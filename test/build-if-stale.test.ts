@@ -5,6 +5,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
+// Without tap's NODE_OPTIONS: its coverage would count the fixture's copy of the script as project code.
+const PLAIN_ENV = { PATH: process.env['PATH'] ?? '' }
 
 // `npm start` compiles only when a source is newer than the last build. Tried on a project of
 // one file with the real script and the real tsc (a whole Rotor build would take ~10 s).
@@ -17,7 +19,7 @@ test('npm start compiles on the first start, not again on an unchanged tree, and
   copyFileSync(join(ROOT, 'scripts/build-if-stale.mjs'), join(dir, 'scripts/build-if-stale.mjs'))
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'))
   const start = (): { status: number | null, stderr: string } => {
-    const run = spawnSync(process.execPath, [join(dir, 'scripts/build-if-stale.mjs')], { encoding: 'utf8' })
+    const run = spawnSync(process.execPath, [join(dir, 'scripts/build-if-stale.mjs')], { encoding: 'utf8', env: PLAIN_ENV })
     return { status: run.status, stderr: run.stderr }
   }
   const output = join(dir, 'dist/src/hello.js')
@@ -44,7 +46,7 @@ test('a source that does not compile fails the start with tsc\'s exit code, and 
   copyFileSync(join(ROOT, 'scripts/build-if-stale.mjs'), join(dir, 'scripts/build-if-stale.mjs'))
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'))
   for (const attempt of ['first', 'second']) {
-    const run = spawnSync(process.execPath, [join(dir, 'scripts/build-if-stale.mjs')], { encoding: 'utf8' })
+    const run = spawnSync(process.execPath, [join(dir, 'scripts/build-if-stale.mjs')], { encoding: 'utf8', env: PLAIN_ENV })
     t.equal(run.status, 1, `${attempt} attempt: tsc's exit code (errors, nothing emitted)`)
     t.match(run.stdout, /TS2322/, 'with tsc\'s message')
     t.notOk(existsSync(join(dir, 'dist/.built')), 'and no stamp, so the next start tries again')

@@ -118,7 +118,10 @@ export class OwnRedis {
   }
 
   async start (): Promise<void> {
-    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dbfilename', `rotor-test-${this.port}.rdb`, ...this.args], {
+    // ROTOR_TEST_REDIS_LOGS=<dir>: every server of the tests' own logs there, to read after a failure.
+    const logs = process.env['ROTOR_TEST_REDIS_LOGS']
+    const logging = logs === undefined ? [] : ['--logfile', join(logs, `redis-${this.port}-${Date.now()}.log`), '--loglevel', 'verbose']
+    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dbfilename', `rotor-test-${this.port}.rdb`, ...logging, ...this.args], {
       // A replica saves what it syncs: into the temporary folder, under a name of its own.
       stdio: 'ignore', cwd: tmpdir()
     })
