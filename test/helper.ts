@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -104,6 +105,7 @@ export async function freePort (): Promise<number> {
 export class OwnRedis {
   readonly port: number
   private process: ChildProcess | null = null
+  private dir: string | null = null
   private readonly args: string[]
   private readonly configFile: string[]
   /** `configFile`: a config file to start from (a sentinel needs one it can rewrite). */
@@ -121,9 +123,11 @@ export class OwnRedis {
     // ROTOR_TEST_REDIS_LOGS=<dir>: every server of the tests' own logs there, to read after a failure.
     const logs = process.env['ROTOR_TEST_REDIS_LOGS']
     const logging = logs === undefined ? [] : ['--logfile', join(logs, `redis-${this.port}-${Date.now()}.log`), '--loglevel', 'verbose']
-    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dbfilename', `rotor-test-${this.port}.rdb`, ...logging, ...this.args], {
-      // A replica saves what it syncs: into the temporary folder, under a name of its own.
-      stdio: 'ignore', cwd: tmpdir()
+    // A folder of its own, new at every start: a replica saves what it syncs there, and a server
+    // must never load a dump an earlier server left (`--save ''` stops saving, not loading).
+    this.dir = mkdtempSync(join(tmpdir(), `rotor-redis-${this.port}-`))
+    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...logging, ...this.args], {
+      stdio: 'ignore', cwd: this.dir
     })
     const client = new Redis(this.url, { lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 0 })
     client.on('error', () => {})
@@ -150,6 +154,8 @@ export class OwnRedis {
     child.kill('SIGKILL')
     await exited
     this.process = null
+    if (this.dir !== null) rmSync(this.dir, { recursive: true, force: true })
+    this.dir = null
   }
 
   /** Freezes it (SIGSTOP): connections stay open but nothing answers, like a hung server. */

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build, checkRotationAndRevocation, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, startSentinel, until } from './helper.js'
+import { build, checkRotationAndRevocation, decodeJwt, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, startSentinel, until } from './helper.js'
 
 // One primary, one replica, one sentinel for the file; the failover test comes last.
 test('behind Redis Sentinel', async (t) => {
@@ -26,9 +26,13 @@ test('behind Redis Sentinel', async (t) => {
     const base = await listen(served)
     const users = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await issue(served, { sub: `user-${i}` })).refresh_token))
     const revoked = await issue(served, { sub: 'mallory' })
-    await served.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+    const revocation = await served.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.access_token } })
+    t.equal(revocation.statusCode, 200, 'the revocation was acknowledged before the failover')
     const traffic = new RefreshTraffic(base, users)
     await sleep(300)
+    // What "well before" means: the replica has the revocation when the primary dies. If this
+    // fails, replication itself is broken, and the failover below cannot be blamed.
+    t.equal(await redisCommand(redis.replica.url, 'EXISTS', `${served.config.redisKeyPrefix}{mallory}:j:${String(decodeJwt(revoked.access_token).payload['jti'])}`), 1, 'the replica has it')
     await redis.primary.stop()
     const killedAt = Date.now()
     await until('the sentinel to promote the replica', async () => String(await redisCommand(redis.replica.url, 'INFO', 'replication')).includes('role:master'), 15_000)
