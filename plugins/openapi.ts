@@ -5,9 +5,9 @@ import swaggerUi from '@fastify/swagger-ui'
 import { ERROR_CODES } from '../src/errors.js'
 
 // package.json is one folder up from plugins/ in a checkout, two from dist/plugins/ when built.
-const PACKAGE = [new URL('../package.json', import.meta.url), new URL('../../package.json', import.meta.url)].find((url) => existsSync(url))
+const PACKAGE = [new URL('../package.json', import.meta.url), new URL('../../package.json', import.meta.url)].filter((url) => existsSync(url))
 /** Rotor's release, as package.json says (the document's info.version). */
-export const VERSION = String((JSON.parse(readFileSync(PACKAGE ?? '', 'utf8')) as { version?: unknown }).version)
+export const VERSION = String((JSON.parse(readFileSync(PACKAGE[0]!, 'utf8')) as { version?: unknown }).version)
 
 const ERROR_TABLE = Object.entries(ERROR_CODES).map(([code, status]) => `| ${status} | \`${code}\` |`).join('\n')
 

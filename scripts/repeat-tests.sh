@@ -2,7 +2,7 @@
 # Runs test files again and again, to prove they do not flake: each file RUNS times in a row
 # (default 10), stopping at the first failure and keeping its whole output.
 #
-#   scripts/repeat-tests.sh                       # the files that start Redis processes, 10 runs each
+#   scripts/repeat-tests.sh                       # the files that start processes, 10 runs each
 #   RUNS=20 scripts/repeat-tests.sh test/sentinel.test.ts
 #   FULL=3 scripts/repeat-tests.sh                # npm test, 3 full runs in a row (coverage and all)
 #
@@ -13,7 +13,10 @@ RUNS=${RUNS:-10}
 OUT=${OUT:-$(mktemp -d -t rotor-repeat-XXXXXX)}
 mkdir -p "$OUT"
 files=("$@")
-[ ${#files[@]} -gt 0 ] || files=(test/sentinel.test.ts test/cluster.test.ts test/replication.test.ts test/multi-instance.test.ts test/store-faults.test.ts test/workers.test.ts test/shutdown.test.ts)
+# By default: every file that starts processes of its own (redis-servers, sentinels, clusters, Rotor servers, Django).
+[ ${#files[@]} -gt 0 ] || files=(test/sentinel.test.ts test/cluster.test.ts test/replication.test.ts test/multi-instance.test.ts
+  test/store-faults.test.ts test/workers.test.ts test/shutdown.test.ts test/redis-setup.test.ts test/management.test.ts
+  test/config.test.ts test/denylist.test.ts test/rate-limit.test.ts test/operations.test.ts test/django.test.ts test/verifier-example.test.ts)
 
 run() { # label, log file, command...
   local label=$1 log=$2; shift 2

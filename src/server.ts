@@ -59,5 +59,6 @@ async function serve (config: Config): Promise<void> {
   })
 
   await app.listen({ port: config.port, host: config.host })
-  if (app.management !== null) await app.management.listen({ port: config.managementPort ?? 0, host: config.managementHost })
+  // buildApp made the ops listener's app exactly when MANAGEMENT_PORT is set.
+  if (config.managementPort !== null) await app.management!.listen({ port: config.managementPort, host: config.managementHost })
 }
