@@ -1,8 +1,8 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
 import type { Config } from './config.js'
-import { BODY_LIMIT } from './errors.js'
-import { REDACT_PATHS } from './logging.js'
+import { BODY_LIMIT, frameworkErrors } from './errors.js'
+import { REDACT_PATHS, serializeRequest } from './logging.js'
 import errorsPlugin from '../plugins/errors.js'
 import securityHeadersPlugin from '../plugins/security-headers.js'
 import configPlugin from '../plugins/config.js'
@@ -28,6 +28,8 @@ export interface BuildOptions {
   logStream?: NodeJS.WritableStream
   /** How long a connection may sit idle mid-request before it is closed (ms); 10 s by default. */
   idleTimeoutMs?: number
+  /** How long a whole request (headers and body) may take to arrive (ms); 30 s by default. */
+  requestTimeoutMs?: number
 }
 
 /**
@@ -43,16 +45,26 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   const logger: FastifyServerOptions['logger'] = {
     level: config.logLevel,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    serializers: { req: serializeRequest },
     ...(options.logStream === undefined ? {} : { stream: options.logStream })
   }
+  const requestTimeout = options.requestTimeoutMs ?? 30_000
   const app = Fastify({
     logger,
     bodyLimit: BODY_LIMIT,
     trustProxy: config.trustProxy ?? false,
     // A body that stalls is cut off by the idle timeout; one that trickles, by the request timeout.
     connectionTimeout: options.idleTimeoutMs ?? 10_000,
-    requestTimeout: 30_000,
-    return503OnClosing: true,
+    requestTimeout,
+    // Requests that arrive while draining get the envelope's 503 from the errors plugin instead.
+    return503OnClosing: false,
+    // A bad URL or an over-long path parameter, answered in the envelope too.
+    frameworkErrors,
+    // Node checks the request timeout every 30 s by default, so a trickled request could live
+    // twice as long as promised: check every second. And the limit must be given to the server
+    // at creation: set afterwards (as Fastify does), it leaves the headers limit at 60 s and a
+    // trickled body is never cut off (Node 20 and 24).
+    http: { connectionsCheckingInterval: 1000, requestTimeout },
     requestIdHeader: 'x-request-id',
     routerOptions: { ignoreTrailingSlash: false, maxParamLength: 1024 },
     ajv: undefined

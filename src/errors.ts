@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { scrubTokens } from './logging.js'
 
 /** Every error code of the contract, with its status. The codes are API: never rename one. */
 export const ERROR_CODES = {
@@ -31,7 +32,8 @@ export class AppError extends Error {
   readonly statusCode: number
   readonly headers: Record<string, string>
   constructor (code: ErrorCode, message: string, headers: Record<string, string> = {}) {
-    super(message)
+    // Messages may repeat input (a URL, a property name): never a token, in the answer or the log.
+    super(scrubTokens(message))
     this.name = 'AppError'
     this.code = code
     this.statusCode = ERROR_CODES[code]
@@ -82,6 +84,12 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type'
 }
 
+/** Messages of our own where Fastify's would repeat the whole URL (up to the header limit). */
+const FASTIFY_MESSAGES: Record<string, string> = {
+  FST_ERR_BAD_URL: 'the URL is not valid (malformed percent-encoding)',
+  FST_ERR_MAX_PARAM_LENGTH: 'a path parameter is longer than 1024 characters'
+}
+
 /** Turns anything thrown into an {@link AppError}; unknown errors become `internal_error`. */
 export function toAppError (error: unknown): AppError {
   if (error instanceof AppError) return error
@@ -91,6 +99,8 @@ export function toAppError (error: unknown): AppError {
   if (err.validation !== undefined) return new AppError('invalid_request', String(err.message))
   const mapped = FASTIFY_CODES[String(err.code)]
   if (mapped !== undefined) return new AppError(mapped, String(err.message))
+  const message = FASTIFY_MESSAGES[String(err.code)]
+  if (message !== undefined) return new AppError('invalid_request', message)
   if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
     // Fastify's body parsers: invalid JSON, empty body, __proto__ poisoning. Their messages hold no body content.
     return new AppError('invalid_request', String(err.message))
@@ -125,6 +135,19 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
   const appError = toAppError(error)
   recordError(appError, error, request)
   reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
+}
+
+/** Fastify's `frameworkErrors`: what the router refuses before any route (a bad URL, an over-long parameter). */
+export function frameworkErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  errorHandler(error, request, reply)
+}
+
+/** What a request that arrives while the server drains is told: try again (another instance will answer). */
+export class DrainingError extends AppError {
+  constructor () {
+    super('denylist_unavailable', `Rotor is shutting down; retry after ${STORE_RETRY_AFTER} seconds`, { 'retry-after': String(STORE_RETRY_AFTER) })
+    this.name = 'DrainingError'
+  }
 }
 
 export function notFoundHandler (request: FastifyRequest, reply: FastifyReply): void {

@@ -23,7 +23,8 @@ export async function buildManagementApp (app: FastifyInstance): Promise<Fastify
     loggerInstance: app.log.child({ listener: 'management' }),
     disableRequestLogging: true,
     connectionTimeout: 10_000,
-    requestTimeout: 30_000
+    requestTimeout: 30_000,
+    http: { connectionsCheckingInterval: 1000, requestTimeout: 30_000 }
   })
   await management.register(errorsPlugin)
   management.decorate('config', app.config)

@@ -52,6 +52,8 @@ interface Proxy {
   close: () => Promise<void>
 }
 
+const STARTUP_DEADLINE_MS = 90_000
+
 /**
  * Starts one Rotor process on a free port, added to `started` at once (teardown stops it even if it
  * never gets ready); resolves with its port once /health/ready answers 200 (Redis reached).
@@ -73,10 +75,12 @@ async function startInstance (dir: string, env: Record<string, string>, started:
   child.stderr?.on('data', keep)
   let exited = false
   child.once('exit', () => { exited = true; children.delete(child) })
-  const deadline = Date.now() + 30_000
+  // Each instance compiles Rotor's TypeScript as it starts (~3 s of CPU): five at once on a busy
+  // 2-core machine took over 30 s once. This deadline is for "it will never start", under tap's own.
+  const deadline = Date.now() + STARTUP_DEADLINE_MS
   while (true) {
     if (exited) throw new Error(`instance on port ${port} exited before it was ready:\n${output}`)
-    if (Date.now() > deadline) throw new Error(`instance on port ${port} not ready after 30 s:\n${output}`)
+    if (Date.now() > deadline) throw new Error(`instance on port ${port} not ready after ${STARTUP_DEADLINE_MS / 1000} s:\n${output}`)
     try {
       if ((await fetch(`http://127.0.0.1:${port}/health/ready`, { signal: AbortSignal.timeout(2000) })).status === 200) return port
     } catch {

@@ -75,7 +75,8 @@ test('WORKERS=2: two processes share the port, the keys and Redis; one dying is 
     RATE_LIMIT_MAX: '100000',
     MANAGEMENT_PORT: String(opsPort)
   })
-  await until('both workers to listen', async () => withMessage(server.lines, 'all workers listening').length === 1, 30_000)
+  // Three processes compile the TypeScript at once: on a busy machine that takes a while.
+  await until('both workers to listen', async () => withMessage(server.lines, 'all workers listening').length === 1, 90_000)
   const pids = withMessage(server.lines, 'all workers listening')[0]?.['pids'] as number[]
   t.equal(new Set(pids).size, 2, 'two worker processes')
 
