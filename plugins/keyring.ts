@@ -15,8 +15,8 @@ export type Payload = Record<string, unknown>
 /** The `typ` header of each token type (RFC 9068 for access tokens). */
 export const TYP: Record<TokenType, string> = { access: 'at+jwt', refresh: 'rt+jwt' }
 
-/** Longer tokens are refused before any parsing: Rotor's own are far shorter. */
-const MAX_TOKEN_LENGTH = 8192
+/** Longer tokens are refused before any parsing; issuance refuses claims that would exceed it. */
+export const MAX_TOKEN_LENGTH = 8192
 const COMPACT_JWS = /^[\w-]+\.[\w-]+\.[\w-]+$/
 
 export interface VerifiedToken {

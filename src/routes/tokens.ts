@@ -6,6 +6,7 @@ import type { Config } from '../config.js'
 import { AppError } from '../errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
+import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
 import { MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
@@ -38,6 +39,12 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const session = newSession(sub, audienceOf(app.config, aud), claims, nowSec)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
+    // Every rotation mints tokens of the same length (same claims, same-width numbers): what
+    // passes here is accepted back by every route, and what does not would be refused there.
+    const longest = Math.max(pair.access_token.length, pair.refresh_token.length)
+    if (longest > MAX_TOKEN_LENGTH) {
+      throw new AppError('invalid_request', `claims make a token of ${longest} characters; Rotor accepts tokens of at most ${MAX_TOKEN_LENGTH}: send fewer or shorter claims`)
+    }
     app.metrics.issued.inc()
     request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh, client: request.client }, 'pair issued')
     return pair
