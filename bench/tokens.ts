@@ -57,7 +57,7 @@ export class Minter {
 
   private session (nowSec: number): ReturnType<typeof newSession> {
     const n = this.counter++
-    return newSession(`user-${n % SUBJECTS}`, this.config.jwtAudience[0], { ...CLAIMS }, nowSec)
+    return newSession(`user-${n % SUBJECTS}`, this.config.jwtAudience[0], { ...CLAIMS }, nowSec * 1_000_000)
   }
 
   refreshToken (): string {

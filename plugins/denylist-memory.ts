@@ -1,4 +1,4 @@
-import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
+import { revokedUntilUs, type Denylist, type RotateInput, type RotateOutcome, type TokenRef, type TokenState } from './denylist.js'
 
 interface Entry { value: number, expiresAtMs: number }
 
@@ -53,8 +53,8 @@ export class MemoryDenylist implements Denylist {
     this.set(`s:${ref.sid}`, 1, Date.now() + ttlMs)
   }
 
-  async revokeSubject (sub: string, untilSec: number, ttlMs: number): Promise<void> {
-    this.set(`u:${sub}`, Math.max(untilSec, this.get(`u:${sub}`, Date.now()) ?? 0), Date.now() + ttlMs)
+  async revokeSubject (sub: string, untilUs: number, ttlMs: number): Promise<void> {
+    this.set(`u:${sub}`, Math.max(untilUs, this.get(`u:${sub}`, Date.now()) ?? 0), Date.now() + ttlMs)
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
@@ -72,7 +72,7 @@ export class MemoryDenylist implements Denylist {
 
   private isRevoked (ref: TokenRef, now: number): boolean {
     const until = this.get(`u:${ref.sub}`, now)
-    return this.get(`s:${ref.sid}`, now) !== null || (until !== null && until >= ref.authTime)
+    return this.get(`s:${ref.sid}`, now) !== null || (until !== null && revokedUntilUs(until) >= ref.issuedUs)
   }
 
   private get (key: string, now: number): number | null {

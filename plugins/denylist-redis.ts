@@ -1,12 +1,13 @@
 import { StoreUnavailableError } from '../src/errors.js'
 import { COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from './redis.js'
-import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
+import { revokedUntilUs, type Denylist, type RotateInput, type RotateOutcome, type TokenRef, type TokenState } from './denylist.js'
 
 /**
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
  * subject's revocation, the successor's record. ARGV: now (ms), the jti's remaining life (ms),
- * grace (ms), auth_time (s), enforce (1/0), the session revocation's life (ms), and a deadline
- * on Redis's own clock (ms).
+ * grace (ms), the session's issuance (µs), enforce (1/0), the session revocation's life (ms), and
+ * a deadline on Redis's own clock (ms). A subject's mark in seconds (before Rotor 0.2) is read as
+ * the last microsecond of that second, as revokedUntilUs does.
  * The in-process store (denylist-memory.ts) makes the same decisions in the same order.
  *
  * The deadline: a Redis that hangs still takes commands into its socket buffer. Rotor gives up
@@ -29,17 +30,22 @@ if rotated then
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked', '0'} end
-local revokedUntil = redis.call('GET', KEYS[3])
-if revokedUntil and tonumber(revokedUntil) >= tonumber(ARGV[4]) then return {'revoked', '0'} end
+local revokedUntil = tonumber(redis.call('GET', KEYS[3]) or '-1')
+if revokedUntil >= 0 and revokedUntil < 1e11 then revokedUntil = (revokedUntil + 1) * 1000000 - 1 end
+if revokedUntil >= tonumber(ARGV[4]) then return {'revoked', '0'} end
 if rotated then return {'grace', rotated} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {'rotated', ARGV[1]}
 `
 
-/** A subject's revocation only ever moves forward in time. KEYS: the subject's record. ARGV: until (s), TTL (ms). */
+/**
+ * A subject's revocation only ever moves forward in time. KEYS: the subject's record. ARGV: until
+ * (µs), TTL (ms). Written with %.0f: Lua would print a number this large in exponent form.
+ */
 const REVOKE_SUBJECT = `
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-redis.call('SET', KEYS[1], math.max(current, tonumber(ARGV[1])), 'PX', ARGV[2])
+if current < 1e11 then current = (current + 1) * 1000000 - 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', math.max(current, tonumber(ARGV[1]))), 'PX', ARGV[2])
 return 1
 `
 
@@ -95,7 +101,7 @@ export class RedisDenylist implements Denylist {
     const [status, at] = await this.write('rotorRotate',
       this.key(input.sub, 'j', input.jti), this.key(input.sub, 's', input.sid), this.key(input.sub, 'u'),
       this.key(input.sub, 'j', input.childJti),
-      input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.authTime, input.enforce ? 1 : 0,
+      input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
       Math.max(1, Math.ceil(input.sessionTtlMs)), deadline
     ) as [string, string]
     if (status === 'late') throw new StoreUnavailableError('Redis ran the rotation after its deadline; nothing was recorded')
@@ -107,7 +113,7 @@ export class RedisDenylist implements Denylist {
     const [rotated, session, until] = await this.guard(this.client.mget(
       this.key(ref.sub, 'j', ref.jti), this.key(ref.sub, 's', ref.sid), this.key(ref.sub, 'u')
     ))
-    if (session !== null || (until != null && Number(until) >= ref.authTime)) return 'revoked'
+    if (session !== null || (until != null && revokedUntilUs(Number(until)) >= ref.issuedUs)) return 'revoked'
     return rotated === null ? 'active' : 'rotated'
   }
 
@@ -119,8 +125,8 @@ export class RedisDenylist implements Denylist {
     await this.write('set', this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs)))
   }
 
-  async revokeSubject (sub: string, untilSec: number, ttlMs: number): Promise<void> {
-    await this.write('rotorRevokeSubject', this.key(sub, 'u'), untilSec, Math.max(1, Math.ceil(ttlMs)))
+  async revokeSubject (sub: string, untilUs: number, ttlMs: number): Promise<void> {
+    await this.write('rotorRevokeSubject', this.key(sub, 'u'), untilUs, Math.max(1, Math.ceil(ttlMs)))
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {

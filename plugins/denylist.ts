@@ -8,8 +8,16 @@ export interface TokenRef {
   sub: string
   sid: string
   jti: string
-  /** Seconds; the session's issuance time, compared with a subject-wide revocation. */
-  authTime: number
+  /** The session's issuance time (µs), compared with a subject-wide revocation. */
+  issuedUs: number
+}
+
+/**
+ * A subject's revocation mark as microseconds. Marks written before Rotor 0.2 hold seconds (every
+ * session issued up to the end of that second was revoked): read as the last microsecond of it.
+ */
+export function revokedUntilUs (mark: number): number {
+  return mark < 1e11 ? (mark + 1) * 1_000_000 - 1 : mark
 }
 
 export interface RotateInput extends TokenRef {
@@ -41,7 +49,8 @@ export interface Denylist {
   state: (ref: TokenRef) => Promise<TokenState>
   revokeToken: (ref: TokenRef, ttlMs: number) => Promise<void>
   revokeSession: (ref: TokenRef, ttlMs: number) => Promise<void>
-  revokeSubject: (sub: string, untilSec: number, ttlMs: number) => Promise<void>
+  /** Every session of `sub` issued at or before `untilUs` is revoked (the mark only moves forward). */
+  revokeSubject: (sub: string, untilUs: number, ttlMs: number) => Promise<void>
   /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
   consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
   /** Resolves when the store answers; throws StoreUnavailableError otherwise. */

@@ -1,7 +1,7 @@
 import { createVerifier, TokenError } from 'fast-jwt'
 import { TokenRejectedError } from './errors.js'
 import { remainingLifeMs, type TokenContext } from './context.js'
-import { mintPair, newSession, randomId } from './tokens.js'
+import { clockUs, mintPair, newSession, randomId } from './tokens.js'
 import { refresh, type Refreshed } from './rotation.js'
 
 /** What Rotor reads of a refresh token minted by djangorestframework-simplejwt. */
@@ -67,8 +67,9 @@ export async function exchangeLegacy (ctx: TokenContext, legacy: LegacyRefreshTo
   if (!ctx.config.denylistEnabled) throw new TokenRejectedError('token_invalid', 'legacy tokens are accepted only with DENYLIST_ENABLED=true', token)
   const first = await ctx.denylist.consumeOnce(legacy.sub, legacy.jti, remainingLifeMs(ctx.config, legacy.exp, nowMs))
   if (!first) throw new TokenRejectedError('token_revoked', 'this legacy token was already exchanged', token)
-  const nowSec = Math.floor(nowMs / 1000)
-  const session = newSession(legacy.sub, ctx.config.jwtAudience[0], {}, nowSec)
+  const issuedUs = clockUs()
+  const nowSec = Math.floor(issuedUs / 1_000_000)
+  const session = newSession(legacy.sub, ctx.config.jwtAudience[0], {}, issuedUs)
   const ids = { access: randomId(), refresh: randomId() }
   ctx.log.info({ event: 'token.legacy_exchanged', sub: legacy.sub, sid: session.sid, jti: ids.refresh, previous_jti: legacy.jti }, 'a SimpleJWT refresh token was exchanged for a Rotor session')
   return { pair: mintPair(ctx.keyring, ctx.config, session, nowSec, ids, nowSec), session, previousJti: legacy.jti, refreshJti: ids.refresh, isRetry: false }

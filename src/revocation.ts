@@ -1,6 +1,6 @@
 import { AppError, TokenRejectedError } from './errors.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
-import { sessionOf } from './tokens.js'
+import { clockUs, sessionOf } from './tokens.js'
 import type { Payload } from '../plugins/keyring.js'
 
 function requireDenylist (ctx: TokenContext): void {
@@ -19,7 +19,7 @@ export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Dat
     return 'nothing'
   }
   const session = sessionOf(verified.payload)
-  const ref = { sub: session.sub, sid: session.sid, jti: verified.payload['jti'] as string, authTime: session.authTime }
+  const ref = { sub: session.sub, sid: session.sid, jti: verified.payload['jti'] as string, issuedUs: session.issuedUs }
   if (verified.type === 'refresh') {
     await ctx.denylist.revokeSession(ref, sessionRevocationTtlMs(ctx.config, session.authTime, nowMs))
   } else {
@@ -29,11 +29,14 @@ export async function revoke (ctx: TokenContext, presented: unknown, nowMs = Dat
   return verified.type === 'refresh' ? 'session' : 'token'
 }
 
-/** "Log out everywhere": every session of `sub` issued up to this second stops refreshing. */
-export async function revokeSubject (ctx: TokenContext, sub: string, nowMs = Date.now()): Promise<void> {
+/**
+ * "Log out everywhere": every session of `sub` issued before this call stops refreshing, and none
+ * issued after it (ordered to the microsecond within an instance: see clockUs).
+ */
+export async function revokeSubject (ctx: TokenContext, sub: string, untilUs = clockUs()): Promise<void> {
   requireDenylist(ctx)
   const { accessTokenTtl, refreshTokenTtl, leeway } = ctx.config
-  await ctx.denylist.revokeSubject(sub, Math.floor(nowMs / 1000), (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000)
+  await ctx.denylist.revokeSubject(sub, untilUs, (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000)
   ctx.log.info({ event: 'subject.revoked', sub }, 'every session of the subject revoked')
 }
 
@@ -46,7 +49,7 @@ export async function introspect (ctx: TokenContext, presented: unknown, nowMs =
   const { payload } = verified
   if (ctx.config.denylistEnabled) {
     const session = sessionOf(payload)
-    const state = await ctx.denylist.state({ sub: session.sub, sid: session.sid, jti: payload['jti'] as string, authTime: session.authTime })
+    const state = await ctx.denylist.state({ sub: session.sub, sid: session.sid, jti: payload['jti'] as string, issuedUs: session.issuedUs })
     if (state !== 'active') return { active: false }
   }
   return { ...payload, active: true }

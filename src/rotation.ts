@@ -28,7 +28,7 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
 
   if (!config.rotateRefreshTokens) {
     if (config.denylistEnabled) {
-      const state = await denylist.state({ ...token, authTime: session.authTime })
+      const state = await denylist.state({ ...token, issuedUs: session.issuedUs })
       if (state !== 'active') throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
     }
     const access = mintAccessToken(keyring, config, session, nowSec, randomId())
@@ -44,7 +44,7 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
   const ids = { access: keyring.deriveId(key, 'access', previousJti), refresh: keyring.deriveId(key, 'refresh', previousJti) }
   const outcome = await denylist.rotate({
     ...token,
-    authTime: session.authTime,
+    issuedUs: session.issuedUs,
     childJti: ids.refresh,
     nowMs,
     ttlMs: remainingLifeMs(config, payload['exp'] as number, nowMs),

@@ -2,7 +2,8 @@ import { test } from 'tap'
 import { MemoryDenylist } from '../plugins/denylist-memory.js'
 import { API_KEY, build, introspectToken, issue, refreshWith, type Pair } from './helper.js'
 
-const ref = { sub: 's', sid: 'sid-1', jti: 'jti-1', authTime: 1000 }
+const ISSUED_US = 1_796_000_000_000_000
+const ref = { sub: 's', sid: 'sid-1', jti: 'jti-1', issuedUs: ISSUED_US }
 const rotation = { ...ref, childJti: 'jti-2', ttlMs: 1000, graceMs: 0, enforce: true, sessionTtlMs: 5000 }
 
 test('the in-process store: revocations work as with Redis', async (t) => {
@@ -41,10 +42,10 @@ test('the in-process store forgets a record when its TTL has passed', async (t) 
 test('the in-process store: a subject revocation only moves forward', async (t) => {
   const store = new MemoryDenylist()
   t.teardown(() => { store.close() })
-  await store.revokeSubject('s', 2000, 10_000)
-  await store.revokeSubject('s', 1500, 10_000)
-  t.equal(await store.state({ ...ref, authTime: 2000 }), 'revoked')
-  t.equal(await store.state({ ...ref, authTime: 2001 }), 'active')
+  await store.revokeSubject('s', ISSUED_US + 2000, 10_000)
+  await store.revokeSubject('s', ISSUED_US + 1500, 10_000)
+  t.equal(await store.state({ ...ref, issuedUs: ISSUED_US + 2000 }), 'revoked', 'issued at the mark: revoked')
+  t.equal(await store.state({ ...ref, issuedUs: ISSUED_US + 2001 }), 'active', 'a microsecond later: not')
   await store.ping()
 })
 

@@ -90,11 +90,11 @@ const runArb = fc.record({
 //
 // Per session: every refresh token it was ever answered, the rotations the store recorded (the
 // presented jti -> when, and the successor answered) and whether its session record is set; per
-// subject, the second up to which it was revoked. A refresh of token T at `now`:
+// subject, the sessions its revocations ended (all issued before each). A refresh of token T at `now`:
 //   now past exp (a token verifies up to and including exp * 1000)          -> token_expired
 //   T rotated, and not (grace > 0, now - rotated at <= grace, successor of T
 //     not rotated itself): a reuse                                          -> token_reused, session revoked
-//   session revoked, or subject revoked in or after the session's second    -> token_revoked
+//   session revoked, or subject revoked after the session was issued        -> token_revoked
 //   T rotated, within its window                                            -> 200, the first answer, byte for byte
 //   otherwise                                                               -> 200, a new successor (new jti, same
 //     sid, sub and auth_time, iat now, exp iat + TTL), and T is recorded
@@ -145,7 +145,8 @@ interface Settings { store: 'memory' | 'redis', graceMs: number }
 
 class ModelRun {
   readonly sessions: Session[] = []
-  readonly subjectUntil = new Map<string, number>()
+  /** Sessions a subject-wide revocation ended: every one issued before it, none after (contract). */
+  readonly subjectRevoked = new Set<string>()
   /** Sessions an action ended, as observed (invariant 2), independent of the model's predictions. */
   readonly ended = new Set<string>()
   /** Every 200 given for a presented jti: they must all be one and the same refresh token. */
@@ -172,8 +173,7 @@ class ModelRun {
   }
 
   sessionRevoked (s: Session): boolean {
-    const until = this.subjectUntil.get(s.sub)
-    return s.revoked || (until !== undefined && until >= s.authTime)
+    return s.revoked || this.subjectRevoked.has(s.sid)
   }
 
   /** What the store must say of a refresh of `tok` now; records what the store records. */
@@ -316,9 +316,11 @@ class ModelRun {
     const sub = this.subs[subIndex % 2] ?? ''
     const response = await this.post(`/v1/subjects/${encodeURIComponent(sub)}/revoke`, undefined, true)
     this.expect200(response, 'subject revoke')
-    const until = Math.max(this.subjectUntil.get(sub) ?? 0, Math.floor(this.now / 1000))
-    this.subjectUntil.set(sub, until)
-    for (const s of this.sessions) if (s.sub === sub) this.ended.add(s.sid)
+    for (const s of this.sessions) {
+      if (s.sub !== sub) continue
+      this.subjectRevoked.add(s.sid)
+      this.ended.add(s.sid)
+    }
   }
 
   /**

@@ -7,7 +7,7 @@ import { AppError } from '../errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
-import { MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
+import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
 function audienceOf (config: Config, asked: string | string[] | undefined): string | string[] | undefined {
@@ -35,8 +35,9 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
     if (reserved !== undefined) throw new AppError('invalid_request', `claims may not set the reserved claim "${reserved}"`)
     if (nestsDeeperThan(claims, MAX_CLAIMS_DEPTH)) throw new AppError('invalid_request', `claims may nest at most ${MAX_CLAIMS_DEPTH} levels deep`)
-    const nowSec = Math.floor(Date.now() / 1000)
-    const session = newSession(sub, audienceOf(app.config, aud), claims, nowSec)
+    const issuedUs = clockUs()
+    const nowSec = Math.floor(issuedUs / 1_000_000)
+    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
     // Every rotation mints tokens of the same length (same claims, same-width numbers): what
