@@ -57,11 +57,26 @@ type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 interface Queue { exec: () => Promise<unknown> }
 
+/** Code units Redis would not keep apart or that would end the hash tag early: braces, lone surrogates. */
+const UNSAFE_IN_TAG = /[{}]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
+/**
+ * The hash tag of a subject: the subject itself when it is safe there, else `~` and the base64url
+ * of its UTF-16 code units. One subject, one well-formed tag, and no two subjects share one: a `}`
+ * would end the tag early (a subject's keys in several Cluster slots), and Redis stores strings
+ * as UTF-8, where a lone surrogate becomes U+FFFD, the same bytes as a subject that has U+FFFD.
+ * Safe subjects never start with `~`, so the two forms never meet. (Rotor refuses ill-formed
+ * subjects at issuance; tokens minted before could still carry one.)
+ */
+export function hashTag (sub: string): string {
+  return UNSAFE_IN_TAG.test(sub) || sub.startsWith('~') ? `~${Buffer.from(sub, 'utf16le').toString('base64url')}` : sub
+}
+
 /** How many replicas must confirm each write (Redis WAIT), and for how long to wait for them. */
 export interface Durability { replicas: number, timeoutMs: number }
 
 /**
- * The Redis denylist. Keys are `<prefix>{<sub>}:<kind>:<id>`, kinds: j a rotated refresh or a
+ * The Redis denylist. Keys are `<prefix>{<hashTag(sub)>}:<kind>:<id>`, kinds: j a rotated refresh or a
  * revoked access token, s a revoked session, u a subject's revocation, l an exchanged legacy
  * token. The hash tag puts every record of a subject in one cluster slot, so the rotation
  * script's keys always live together (and a WAIT behind a write goes to the node that took it).
@@ -85,7 +100,8 @@ export class RedisDenylist implements Denylist {
 
   /** The key of one record; exported through the class for tests that read TTLs back. */
   key (sub: string, kind: 'j' | 's' | 'u' | 'l', id = ''): string {
-    return kind === 'u' ? `${this.prefix}{${sub}}:u` : `${this.prefix}{${sub}}:${kind}:${id}`
+    const tag = hashTag(sub)
+    return kind === 'u' ? `${this.prefix}{${tag}}:u` : `${this.prefix}{${tag}}:${kind}:${id}`
   }
 
   /** Measures Redis's clock against ours, to half a round trip. */

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build, checkRotationAndRevocation, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, refreshWith, startCluster, until } from './helper.js'
+import { API_KEY, build, checkRotationAndRevocation, introspectToken, issue, listen, redisCommand, RefreshTraffic, refreshAtOnce, refreshWith, startCluster, until } from './helper.js'
 
 // One cluster for the file (3 masters, each with a replica); the failover test comes last.
 test('on a Redis Cluster with replicas', async (t) => {
@@ -11,6 +11,17 @@ test('on a Redis Cluster with replicas', async (t) => {
   await t.test('rotation, reuse, revocation and log-out-everywhere work as on one node', async (t) => {
     // Subjects spread over the slots: each subject's keys share one slot (the hash tag), whichever it is.
     await checkRotationAndRevocation(t, app, ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'])
+  })
+
+  await t.test('subjects with braces, a leading ~ or beyond ASCII keep every record in one slot (issue 12)', async (t) => {
+    // A `}` used to end the hash tag early ({}x}: an empty tag), scattering a subject's keys over slots.
+    await checkRotationAndRevocation(t, app, ['}x', 'a}b{c', '{}', '~x', 'émile ✓'])
+    for (const sub of ['}x', '{}']) {
+      const pair = await issue(app, { sub })
+      const everywhere = await app.inject({ method: 'POST', url: `/v1/subjects/${encodeURIComponent(sub)}/revoke`, headers: { authorization: `Bearer ${API_KEY}` } })
+      t.equal(everywhere.statusCode, 200, `${sub}: log out everywhere`)
+      t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_revoked', `${sub}: ends its session`)
+    }
   })
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
