@@ -36,3 +36,9 @@ test('a token minted for a lone-surrogate subject (before the edge refused them)
   t.equal((await refreshWith(app, replacement.refresh_token)).json().code, 'token_revoked', 'the U+FFFD subject is logged out')
   t.equal((await refreshWith(app, lone.refresh_token)).statusCode, 200, 'the other subject is not')
 })
+
+test('a lone surrogate cannot reach log-out-everywhere through the path: it is not UTF-8, so the URL is refused', async (t) => {
+  const app = await build(t)
+  const response = await app.inject({ method: 'POST', url: '/v1/subjects/a%ED%A0%80/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
+  t.match(response.json(), { statusCode: 400, code: 'invalid_request', message: /URL is not valid/ })
+})
