@@ -162,7 +162,7 @@ export class RedisDenylist implements Denylist {
    */
   private async write (command: WriteCommand, ...args: Array<string | number>): Promise<unknown> {
     const { replicas, timeoutMs } = this.durability
-    if (replicas === 0) return await this.guard((this.client as unknown as Record<WriteCommand, Send>)[command](...args) as Promise<unknown>)
+    if (replicas === 0) return this.written(await this.guard((this.client as unknown as Record<WriteCommand, Send>)[command](...args) as Promise<unknown>))
     const queue = this.client.pipeline() as unknown as Record<WriteCommand | 'wait', Send> & Queue
     queue[command](...args)
     queue.wait(replicas, timeoutMs)
@@ -174,6 +174,12 @@ export class RedisDenylist implements Denylist {
     const detail = `${confirmed} of ${replicas} Redis replicas confirmed a denylist write within ${timeoutMs} ms`
     this.health?.replicas(confirmed >= replicas, detail)
     if (confirmed < replicas) throw new StoreUnavailableError(`only ${detail} (REDIS_WAIT_REPLICAS)`)
+    return this.written(reply)
+  }
+
+  /** A write went through: Redis has room again, if it had none. */
+  private written<T> (reply: T): T {
+    this.health?.outOfMemory(false, '')
     return reply
   }
 
@@ -188,10 +194,14 @@ export class RedisDenylist implements Denylist {
     }
   }
 
-  /** A failed command as the 503 it becomes; Redis is marked unreachable (said once per outage). */
+  /**
+   * A failed command as the 503 it becomes. Redis out of memory answers, and says so: that is
+   * reported as such; anything else marks Redis unreachable (each said once per change).
+   */
   private unavailable (error: unknown): StoreUnavailableError {
     const reason = (error as Error).message
-    this.health?.down(reason)
+    if (reason.startsWith('OOM ')) this.health?.outOfMemory(true, reason)
+    else this.health?.down(reason)
     return new StoreUnavailableError(reason)
   }
 }

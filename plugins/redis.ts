@@ -59,6 +59,7 @@ export class RedisHealth {
   reachable = false
   private reported: boolean | null = null
   private confirming = true
+  private full = false
   private readonly log: FastifyBaseLogger
   constructor (log: FastifyBaseLogger) {
     this.log = log
@@ -76,6 +77,18 @@ export class RedisHealth {
       this.log.error({ reason }, 'store unreachable: Redis does not answer; refresh, revoke and introspect answer 503 denylist_unavailable until it is back')
     }
     this.reported = false
+  }
+
+  /**
+   * Whether Redis refuses writes for want of memory (maxmemory under noeviction): it answers, so
+   * readiness stays 200 (issuing needs no store, and every instance shares the one Redis), but
+   * refresh and revoke answer 503 until it has room. Said once per change, as for replicas.
+   */
+  outOfMemory (full: boolean, detail: string): void {
+    if (full === this.full) return
+    this.full = full
+    if (full) this.log.error({ reason: detail }, 'store full: Redis refuses writes (maxmemory reached under noeviction); refresh and revoke answer 503 denylist_unavailable until it has room: raise maxmemory')
+    else this.log.info('store writable again: Redis accepts denylist writes')
   }
 
   /** Whether replicas confirm denylist writes (REDIS_WAIT_REPLICAS); said once per change. */
