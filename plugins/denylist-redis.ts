@@ -1,5 +1,5 @@
 import { StoreUnavailableError } from '../src/errors.js'
-import { COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from './redis.js'
+import { COMMAND_TIMEOUT_MS, recycleIfSilent, type RedisClient, type RedisHealth } from './redis.js'
 import { revokedUntilUs, type Denylist, type RotateInput, type RotateOutcome, type TokenRef, type TokenState } from './denylist.js'
 
 /**
@@ -202,6 +202,7 @@ export class RedisDenylist implements Denylist {
     const reason = (error as Error).message
     if (reason.startsWith('OOM ')) this.health?.outOfMemory(true, reason)
     else this.health?.down(reason)
+    recycleIfSilent(this.client, error)
     return new StoreUnavailableError(reason)
   }
 }

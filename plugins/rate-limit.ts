@@ -3,7 +3,7 @@ import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { Config } from '../src/config.js'
 import { AppError } from '../src/errors.js'
-import { createRedisClient } from './redis.js'
+import { createRedisClient, recycleWhenSilent } from './redis.js'
 
 /**
  * The limiter's own Redis connection gives up sooner than the denylist's: while Redis hangs, a
@@ -35,7 +35,11 @@ export default fp(async function rateLimitPlugin (app, opts: { config: Config })
     redis.on('error', () => {}) // the redis plugin's client already reports Redis's health
     // Not there yet (a sidecar starting first): the limiter lets requests through until it is.
     await Promise.race([redis.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000).unref())])
-    app.addHook('onClose', async () => { redis.disconnect() })
+    const stopWatching = recycleWhenSilent(redis)
+    app.addHook('onClose', async () => {
+      stopWatching()
+      redis.disconnect()
+    })
   }
   await app.register(rateLimit, {
     global: false,

@@ -24,11 +24,40 @@ function failFast (commandTimeout: number) {
     // A primary demoted to replica (a failover it missed) refuses writes: reconnect, and a
     // sentinel client asks the sentinels again for the primary. The failed command gets its 503.
     reconnectOnError: (error: Error) => error.message.startsWith('READONLY'),
+    // TCP keepalive after 5 s idle: the kernel notices a peer that vanished with the network
+    // (how soon depends on its probe settings). recycleWhenSilent covers the rest.
+    keepAlive: 5000,
     // No enableAutoPipelining: it halves Redis's CPU per request, but commands queue behind a
     // pipeline in flight, so against a hung Redis a request waits for two timeouts, not one
     // (tests/store-faults saw a 503 after 2.03 s, past the 2-second promise).
     lazyConnect: true
   } satisfies RedisOptions
+}
+
+/** How often a client's connection is checked for silence (a PING that must answer in time). */
+export const SILENCE_CHECK_MS = 2000
+
+/**
+ * Replaces a connection that looks open but carries nothing back (a firewall or NAT that lost its
+ * state: no FIN, no RST, until the kernel gives up ~15 min later) when one of its commands timed
+ * out: a new connection would work. Cluster clients are left to their own node handling.
+ */
+export function recycleIfSilent (client: RedisClient, error: unknown): void {
+  if (client instanceof Redis && client.status === 'ready' && (error as Error).message === 'Command timed out') client.disconnect(true)
+}
+
+/**
+ * Checks the connection every SILENCE_CHECK_MS with a PING, and recycles it when that times out:
+ * a client nobody is using (the rate limiter's between requests, or any at 3 a.m.) is found out
+ * too. Returns the function that stops it.
+ */
+export function recycleWhenSilent (client: RedisClient): () => void {
+  // Every command times out within SILENCE_CHECK_MS, so one PING is over before the next.
+  const timer = setInterval(() => {
+    if (client.status === 'ready') client.ping().catch((error: unknown) => { recycleIfSilent(client, error) })
+  }, SILENCE_CHECK_MS)
+  timer.unref()
+  return () => { clearInterval(timer) }
 }
 
 /** Policies under which Redis may drop a key before its TTL: a dropped denylist key un-revokes a token. */
@@ -169,8 +198,10 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
     health.down((error as Error).message)
   }
   started = true
+  const stopWatching = recycleWhenSilent(client)
 
   app.addHook('onClose', async () => {
+    stopWatching()
     client.disconnect()
   })
 }, { name: 'redis', fastify: '5.x' })

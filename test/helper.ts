@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
@@ -383,4 +383,66 @@ export async function startCluster (t: Test & { testdir: () => string }, options
     })
   }
   return { nodes: addresses.join(','), servers }
+}
+
+/**
+ * A TCP proxy in front of a server of the tests' own, for network faults no process can fake:
+ * `partition()` drops every byte both ways on every connection, old and new, and closes nothing
+ * (a cut link); `silenceExisting()` does that to the connections open now only, while new ones
+ * work (a firewall or NAT that lost their state: no FIN, no RST, ever); `heal()` ends either,
+ * dropping the connections whose streams lost bytes.
+ */
+export class TcpProxy {
+  /** Connections ever made through the proxy. */
+  accepted = 0
+  private partitioned = false
+  private readonly silenced = new WeakSet<Socket>()
+  private readonly sockets = new Set<Socket>()
+  private readonly server: Server
+  constructor (targetPort: number) {
+    this.server = createServer((downstream) => {
+      this.accepted++
+      const upstream = connect(targetPort, '127.0.0.1')
+      for (const socket of [downstream, upstream]) {
+        this.sockets.add(socket)
+        socket.on('error', () => {})
+        socket.on('close', () => { this.sockets.delete(socket) })
+      }
+      downstream.on('data', (data) => { if (this.forwards(downstream)) upstream.write(data) })
+      upstream.on('data', (data) => { if (this.forwards(downstream)) downstream.write(data) })
+      downstream.on('close', () => upstream.destroy())
+      upstream.on('close', () => downstream.destroy())
+    })
+  }
+
+  async listen (): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve))
+    return (this.server.address() as AddressInfo).port
+  }
+
+  /** Connections currently open through the proxy (each counted once, by its client side). */
+  get connections (): number {
+    return this.sockets.size / 2
+  }
+
+  partition (): void { this.partitioned = true }
+
+  silenceExisting (): void {
+    for (const socket of this.sockets) this.silenced.add(socket)
+  }
+
+  heal (): void {
+    this.partitioned = false
+    for (const socket of this.sockets) socket.destroy()
+    this.sockets.clear()
+  }
+
+  close (): void {
+    this.heal()
+    this.server.close()
+  }
+
+  private forwards (downstream: Socket): boolean {
+    return !this.partitioned && !this.silenced.has(downstream)
+  }
 }

@@ -1,9 +1,8 @@
 import { test } from 'tap'
 import { randomBytes } from 'node:crypto'
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
-import { LogCapture, build, introspectToken, issue, redisCommand, refreshWith, startRedis, until, type OwnRedis, type Pair } from './helper.js'
+import { LogCapture, TcpProxy, build, introspectToken, issue, redisCommand, refreshWith, startRedis, until, type OwnRedis, type Pair } from './helper.js'
 
 // Redis replicates asynchronously: a write the primary acknowledged may not have reached the
 // replica when the primary dies, and the promoted replica never saw it. For a denylist that
@@ -15,48 +14,11 @@ import { LogCapture, build, introspectToken, issue, redisCommand, refreshWith, s
 const SECRET = randomBytes(32).toString('base64url')
 const FAST = ['--repl-diskless-sync-delay', '0']
 
-/** A TCP proxy that forwards until `cut`, then drops every byte both ways and keeps the sockets open. */
-class Link {
-  cut = false
-  private readonly sockets = new Set<Socket>()
-  private readonly server: Server
-  constructor (targetPort: number) {
-    this.server = createServer((downstream) => {
-      const upstream = connect(targetPort, '127.0.0.1')
-      for (const socket of [downstream, upstream]) {
-        this.sockets.add(socket)
-        socket.on('error', () => {})
-      }
-      downstream.on('data', (data) => { if (!this.cut) upstream.write(data) })
-      upstream.on('data', (data) => { if (!this.cut) downstream.write(data) })
-      downstream.on('close', () => upstream.destroy())
-      upstream.on('close', () => downstream.destroy())
-    })
-  }
-
-  async listen (): Promise<number> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve))
-    return (this.server.address() as AddressInfo).port
-  }
-
-  /** Ends the partition: the connections drop (their streams lost bytes) and the replica reconnects and resyncs. */
-  heal (): void {
-    this.cut = false
-    for (const socket of this.sockets) socket.destroy()
-    this.sockets.clear()
-  }
-
-  close (): void {
-    this.heal()
-    this.server.close()
-  }
-}
-
-interface Replicated { primary: OwnRedis, replica: OwnRedis, link: Link }
+interface Replicated { primary: OwnRedis, replica: OwnRedis, link: TcpProxy }
 
 async function primaryWithReplica (t: Parameters<typeof startRedis>[0], primaryArgs: string[] = []): Promise<Replicated> {
   const primary = await startRedis(t, [...FAST, ...primaryArgs])
-  const link = new Link(primary.port)
+  const link = new TcpProxy(primary.port)
   t.teardown(() => { link.close() })
   const replica = await startRedis(t, [...FAST, '--replicaof', '127.0.0.1', String(await link.listen())])
   await until('the replica to sync', async () => String(await redisCommand(replica.url, 'INFO', 'replication')).includes('master_link_status:up'))
@@ -94,7 +56,7 @@ test('without WAIT, revocations the primary acknowledged but did not replicate a
   t.equal(await revoke(before, control), 200)
   await until('the control revocation to reach the replica', async () => Number(await redisCommand(redis.replica.url, 'DBSIZE')) > 0)
 
-  redis.link.cut = true
+  redis.link.partition()
   const acknowledged = (await Promise.all(rest.map(async (token) => revoke(before, token)))).filter((status) => status === 200).length
   t.equal(acknowledged, rest.length, 'every revocation was acknowledged')
   await failOver(redis)
@@ -113,7 +75,7 @@ test('with REDIS_WAIT_REPLICAS=1 nothing unreplicated is acknowledged: 503 inste
   const before = await build(t, env(redis.primary.url), logs)
   const [frozen, durable, user] = await Promise.all([issue(before, { sub: 'a' }), issue(before, { sub: 'b' }), issue(before, { sub: 'c' })])
 
-  redis.link.cut = true
+  redis.link.partition()
   const refused = await before.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: frozen.access_token } })
   t.equal(refused.statusCode, 503, 'the replica could not confirm: not acknowledged')
   t.equal(refused.json().code, 'denylist_unavailable')
@@ -143,7 +105,7 @@ test('min-replicas-to-write bounds the loss to the lag window, then refuses writ
   const before = await build(t, env(redis.primary.url))
   const pairs = await Promise.all(Array.from({ length: 60 }, async (_, i) => issue(before, { sub: `user-${i}` })))
 
-  redis.link.cut = true
+  redis.link.partition()
   const frozenAt = Date.now()
   const acknowledged: string[] = []
   let refusedAfterMs = 0
