@@ -1,4 +1,5 @@
-import { revokedUntilUs, type Denylist, type RotateInput, type RotateOutcome, type TokenRef, type TokenState } from './denylist.js'
+import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
+import { revokedUntilUs } from './subject-marks.js'
 
 interface Entry { value: number, expiresAtMs: number }
 

@@ -1,6 +1,7 @@
 import { StoreUnavailableError } from '../src/errors.js'
 import { COMMAND_TIMEOUT_MS, recycleIfSilent, type RedisClient, type RedisHealth } from './redis.js'
-import { revokedUntilUs, type Denylist, type RotateInput, type RotateOutcome, type TokenRef, type TokenState } from './denylist.js'
+import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
+import { revokedUntilUs } from './subject-marks.js'
 
 /**
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
