@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
 import type { Config } from './config.js'
-import { BODY_LIMIT, frameworkErrors } from './errors.js'
+import { BODY_LIMIT, errorHandler } from './errors.js'
 import { REDACT_PATHS, serializeRequest } from './logging.js'
 import errorsPlugin from '../plugins/errors.js'
 import securityHeadersPlugin from '../plugins/security-headers.js'
@@ -58,8 +58,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     requestTimeout,
     // Requests that arrive while draining get the envelope's 503 from the errors plugin instead.
     return503OnClosing: false,
-    // A bad URL or an over-long path parameter, answered in the envelope too.
-    frameworkErrors,
+    // What the router refuses before any route (a bad URL, an over-long path parameter): the one handler too.
+    frameworkErrors: errorHandler,
     // Node checks the request timeout every 30 s by default, so a trickled request could live
     // twice as long as promised: check every second. And the limit must be given to the server
     // at creation: set afterwards (as Fastify does), it leaves the headers limit at 60 s and a

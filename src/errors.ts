@@ -137,11 +137,6 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
   reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
 }
 
-/** Fastify's `frameworkErrors`: what the router refuses before any route (a bad URL, an over-long parameter). */
-export function frameworkErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  errorHandler(error, request, reply)
-}
-
 /** What a request that arrives while the server drains is told: try again (another instance will answer). */
 export class DrainingError extends AppError {
   constructor () {
