@@ -58,9 +58,6 @@ type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 interface Queue { exec: () => Promise<unknown> }
 
-/** Code units Redis would not keep apart or that would end the hash tag early: braces, lone surrogates. */
-const UNSAFE_IN_TAG = /[{}]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
-
 /**
  * The hash tag of a subject: the subject itself when it is safe there, else `~` and the base64url
  * of its UTF-16 code units. One subject, one well-formed tag, and no two subjects share one: a `}`
@@ -70,7 +67,8 @@ const UNSAFE_IN_TAG = /[{}]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBF
  * subjects at issuance; tokens minted before could still carry one.)
  */
 export function hashTag (sub: string): string {
-  return UNSAFE_IN_TAG.test(sub) || sub.startsWith('~') ? `~${Buffer.from(sub, 'utf16le').toString('base64url')}` : sub
+  const safe = !sub.includes('{') && !sub.includes('}') && !sub.startsWith('~') && sub.isWellFormed()
+  return safe ? sub : `~${Buffer.from(sub, 'utf16le').toString('base64url')}`
 }
 
 /** How many replicas must confirm each write (Redis WAIT), and for how long to wait for them. */
@@ -101,8 +99,12 @@ export class RedisDenylist implements Denylist {
 
   /** The key of one record; exported through the class for tests that read TTLs back. */
   key (sub: string, kind: 'j' | 's' | 'u' | 'l', id = ''): string {
-    const tag = hashTag(sub)
-    return kind === 'u' ? `${this.prefix}{${tag}}:u` : `${this.prefix}{${tag}}:${kind}:${id}`
+    return this.keyIn(`${this.prefix}{${hashTag(sub)}}`, kind, id)
+  }
+
+  /** A record's key under a subject's `<prefix>{<tag>}` (made once when an operation needs several). */
+  private keyIn (subject: string, kind: 'j' | 's' | 'u' | 'l', id: string): string {
+    return kind === 'u' ? `${subject}:u` : `${subject}:${kind}:${id}`
   }
 
   /** Measures Redis's clock against ours, to half a round trip. */
@@ -115,9 +117,10 @@ export class RedisDenylist implements Denylist {
 
   async rotate (input: RotateInput): Promise<RotateOutcome> {
     const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
+    const subject = `${this.prefix}{${hashTag(input.sub)}}`
     const [status, at] = await this.write('rotorRotate',
-      this.key(input.sub, 'j', input.jti), this.key(input.sub, 's', input.sid), this.key(input.sub, 'u'),
-      this.key(input.sub, 'j', input.childJti),
+      this.keyIn(subject, 'j', input.jti), this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''),
+      this.keyIn(subject, 'j', input.childJti),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
       Math.max(1, Math.ceil(input.sessionTtlMs)), deadline
     ) as [string, string]
@@ -127,8 +130,9 @@ export class RedisDenylist implements Denylist {
   }
 
   async state (ref: TokenRef): Promise<TokenState> {
+    const subject = `${this.prefix}{${hashTag(ref.sub)}}`
     const [rotated, session, until] = await this.guard(this.client.mget(
-      this.key(ref.sub, 'j', ref.jti), this.key(ref.sub, 's', ref.sid), this.key(ref.sub, 'u')
+      this.keyIn(subject, 'j', ref.jti), this.keyIn(subject, 's', ref.sid), this.keyIn(subject, 'u', '')
     ))
     if (session !== null || (until != null && revokedUntilUs(Number(until)) >= ref.issuedUs)) return 'revoked'
     return rotated === null ? 'active' : 'rotated'

@@ -8,14 +8,6 @@ export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat'
 /** Custom claims may nest this deep, no deeper: enough for any real claim set, and bounded work. */
 export const MAX_CLAIMS_DEPTH = 8
 
-/** A lone surrogate: text JSON can carry but UTF-8 (and so Redis, and most backends) cannot. */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
-
-/** Whether `text` is well-formed UTF-16 (String.prototype.isWellFormed, which ES2023 typings lack). */
-export function isWellFormed (text: string): boolean {
-  return !LONE_SURROGATE.test(text)
-}
-
 /** Whether a JSON value nests deeper than `limit` objects or arrays. */
 export function nestsDeeperThan (value: unknown, limit: number): boolean {
   if (typeof value !== 'object' || value === null) return false

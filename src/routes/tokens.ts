@@ -7,7 +7,7 @@ import { AppError } from '../errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
-import { clockUs, isWellFormed, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
+import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
 function audienceOf (config: Config, asked: string | string[] | undefined): string | string[] | undefined {
@@ -32,7 +32,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     }
   }, async (request) => {
     const { sub, claims = {}, aud } = request.body
-    if (!isWellFormed(sub)) throw new AppError('invalid_request', 'sub must be well-formed Unicode (it has a lone surrogate)')
+    // A lone surrogate: text JSON can carry but UTF-8 (so Redis, and most backends) cannot.
+    if (!sub.isWellFormed()) throw new AppError('invalid_request', 'sub must be well-formed Unicode (it has a lone surrogate)')
     const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
     if (reserved !== undefined) throw new AppError('invalid_request', `claims may not set the reserved claim "${reserved}"`)
     if (nestsDeeperThan(claims, MAX_CLAIMS_DEPTH)) throw new AppError('invalid_request', `claims may nest at most ${MAX_CLAIMS_DEPTH} levels deep`)
