@@ -65,6 +65,10 @@ export class MemoryDenylist implements Denylist {
     return true
   }
 
+  epoch (): number {
+    return 0
+  }
+
   async ping (): Promise<void> {}
 
   close (): void {

@@ -2,6 +2,7 @@ import { StoreUnavailableError } from '../src/errors.js'
 import { COMMAND_TIMEOUT_MS, recycleIfSilent, type RedisClient, type RedisHealth } from './redis.js'
 import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
 import { revokedUntilUs } from './subject-marks.js'
+import type { StoreMarker } from './store-marker.js'
 
 /**
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
@@ -85,14 +86,16 @@ export class RedisDenylist implements Denylist {
   private readonly prefix: string
   private readonly health: RedisHealth | null
   private readonly durability: Durability
+  private readonly marker: StoreMarker | null
   /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
   private clockOffsetMs = 0
 
-  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null, durability: Durability = { replicas: 0, timeoutMs: 0 }) {
+  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null, durability: Durability = { replicas: 0, timeoutMs: 0 }, marker: StoreMarker | null = null) {
     this.client = client
     this.prefix = prefix
     this.health = health
     this.durability = durability
+    this.marker = marker
     client.defineCommand('rotorRotate', { numberOfKeys: 4, lua: ROTATE })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 1, lua: REVOKE_SUBJECT })
   }
@@ -152,6 +155,10 @@ export class RedisDenylist implements Denylist {
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
     return await this.write('set', this.key(sub, 'l', id), '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX') === 'OK'
+  }
+
+  epoch (): number {
+    return this.marker === null ? 0 : this.marker.epoch()
   }
 
   async ping (): Promise<void> {

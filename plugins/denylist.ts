@@ -1,7 +1,10 @@
 import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
 import type { Config } from '../src/config.js'
 import { MemoryDenylist } from './denylist-memory.js'
 import { RedisDenylist } from './denylist-redis.js'
+import { SILENCE_CHECK_MS, type RedisClient } from './redis.js'
+import { StoreMarker } from './store-marker.js'
 
 /** What the store knows of one token: enough to find every record that could refuse it. */
 export interface TokenRef {
@@ -45,6 +48,11 @@ export interface Denylist {
   revokeSubject: (sub: string, untilUs: number, ttlMs: number) => Promise<void>
   /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
   consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
+  /**
+   * When the store began (ms since the epoch): its data holds nothing older. 0 for the in-process
+   * store (it lives and dies with the process); throws StoreUnavailableError while not known.
+   */
+  epoch: () => number
   /** Resolves when the store answers; throws StoreUnavailableError otherwise. */
   ping: () => Promise<void>
   close: () => void
@@ -56,21 +64,40 @@ declare module 'fastify' {
   }
 }
 
-export default fp(async function denylistPlugin (app, opts: { config: Config }) {
-  let denylist: Denylist
-  if (app.redis === null) {
-    denylist = new MemoryDenylist()
-  } else {
-    const { redisKeyPrefix, redisWaitReplicas, redisWaitTimeoutMs } = opts.config
-    const redisDenylist = new RedisDenylist(app.redis, redisKeyPrefix, app.redisHealth, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs })
-    const sync = (): void => { redisDenylist.syncClock().catch(() => {}) }
-    app.redis.on('ready', sync)
-    if (app.redis.status === 'ready') sync()
-    denylist = redisDenylist
+/**
+ * The Redis store. With the denylist on, it watches Rotor's marker (StoreMarker): read before the
+ * first request, at every reconnection and every SILENCE_CHECK_MS, so a store that lost its data
+ * is found out. With it off there is nothing to lose or refuse, and no marker either (the
+ * contract: no record in Redis but rate-limit counters).
+ */
+async function redisStore (app: FastifyInstance, client: RedisClient, config: Config): Promise<Denylist> {
+  const { redisKeyPrefix, redisWaitReplicas, redisWaitTimeoutMs, accessTokenTtl, refreshTokenTtl, leeway } = config
+  const durability = { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }
+  if (!config.denylistEnabled) return new RedisDenylist(client, redisKeyPrefix, app.redisHealth, durability)
+  // The marker lives as long as any token could: a store idle that long holds nothing to lose.
+  const lifeMs = (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000
+  const marker = new StoreMarker(client, `${redisKeyPrefix}store:epoch`, lifeMs, app.log, () => { app.metrics.storeLosses.inc() })
+  const store = new RedisDenylist(client, redisKeyPrefix, app.redisHealth, durability, marker)
+  const onReady = async (): Promise<void> => {
+    marker.forget()
+    await Promise.all([store.syncClock(), marker.check()]).catch(() => {})
   }
+  client.on('ready', () => { onReady().catch(() => {}) })
+  client.on('close', () => { marker.forget() })
+  // Connected already (the redis plugin waits for it): read the marker before serving.
+  if (client.status === 'ready') await onReady()
+  // A store flushed or replaced under an open connection is found out too.
+  const watch = setInterval(() => { if (client.status === 'ready') marker.check().catch(() => {}) }, SILENCE_CHECK_MS)
+  watch.unref()
+  app.addHook('onClose', async () => { clearInterval(watch) })
+  return store
+}
+
+export default fp(async function denylistPlugin (app, opts: { config: Config }) {
+  const denylist = app.redis === null ? new MemoryDenylist() : await redisStore(app, app.redis, opts.config)
   if (app.redis === null && opts.config.denylistEnabled) {
     app.log.warn('no REDIS_URL: the denylist is in this process only; run one instance only, and revocations are lost on restart')
   }
   app.decorate('denylist', denylist)
   app.addHook('onClose', async () => { denylist.close() })
-}, { name: 'denylist', dependencies: ['redis'], fastify: '5.x' })
+}, { name: 'denylist', dependencies: ['redis', 'metrics'], fastify: '5.x' })

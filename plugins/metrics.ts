@@ -25,6 +25,7 @@ export class Metrics {
   })
 
   readonly subjectsRevoked = new Counter({ name: 'rotor_subjects_revoked_total', help: 'Log-out-everywhere calls', registers: [this.registry] })
+  readonly storeLosses = new Counter({ name: 'rotor_store_losses_total', help: 'Times Redis was found to have lost its data (Rotor\'s marker gone)', registers: [this.registry] })
   readonly storeErrors = new Counter({ name: 'rotor_store_errors_total', help: 'Requests answered 503 because the store did not answer', registers: [this.registry] })
   readonly errors = new Counter({ name: 'rotor_http_errors_total', help: 'Error answers, by contract code', labelNames: ['code'], registers: [this.registry] })
   readonly latency = new Histogram({

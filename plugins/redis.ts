@@ -134,18 +134,32 @@ export class StartupError extends Error {
   override name = 'StartupError'
 }
 
-async function checkEvictionPolicy (client: RedisClient, log: FastifyBaseLogger, isProduction: boolean): Promise<void> {
+/** Says whether Redis's eviction policy may drop revocations; false when CONFIG cannot be read. */
+async function checkEvictionPolicy (client: RedisClient, log: FastifyBaseLogger, isProduction: boolean): Promise<boolean> {
   let policy: string | undefined
   try {
     const reply = await client.config('GET', 'maxmemory-policy') as unknown as string[]
     policy = reply[1]
   } catch {
     log.warn('could not read Redis maxmemory-policy (CONFIG disabled?): make sure it is noeviction, or revoked tokens may come back to life when Redis is full')
-    return
+    return false
   }
   if (policy !== undefined && mayEvict(policy)) {
     log.error({ policy }, `Redis maxmemory-policy is ${policy}: Redis may evict denylist keys and silently un-revoke tokens; set maxmemory-policy noeviction`)
     if (isProduction) throw new StartupError(`refusing to start in production with Redis maxmemory-policy ${policy} (set noeviction)`)
+  }
+  return true
+}
+
+/**
+ * A Redis that keeps nothing on disk loses every revocation when it restarts. Rotor notices (its
+ * marker is gone) and refuses the older refresh tokens, which signs every user out: in
+ * production, say so at start (only where CONFIG answers: checkEvictionPolicy warned otherwise).
+ */
+async function checkPersistence (client: RedisClient, log: FastifyBaseLogger): Promise<void> {
+  const [aof, rdb] = await Promise.all([client.config('GET', 'appendonly'), client.config('GET', 'save')]) as unknown as string[][]
+  if (aof?.[1] === 'no' && rdb?.[1] === '') {
+    log.warn('Redis keeps nothing on disk (appendonly no, save ""): a restart loses every rotation and revocation; Rotor will then refuse refresh tokens minted before it (STORE_LOSS=refuse) and users sign in again. Turn on AOF (appendonly yes) or RDB snapshots')
   }
 }
 
@@ -189,7 +203,8 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   // in the background (a cluster or sentinel client may neither connect nor fail for a while).
   try {
     await Promise.race([client.connect(), notBefore(CONNECT_WAIT_MS, 'Redis did not answer at start')])
-    await checkEvictionPolicy(client, app.log, config.isProduction)
+    const configReadable = await checkEvictionPolicy(client, app.log, config.isProduction)
+    if (configReadable && config.isProduction) await checkPersistence(client, app.log)
   } catch (error) {
     if (error instanceof StartupError) {
       client.disconnect()

@@ -52,6 +52,8 @@ export interface Config {
   rateLimitAllow: string[]
   compatSimpleJwt: boolean
   legacySimpleJwtSigningKey: string | null
+  /** When Redis lost its data: refuse refresh tokens minted before, or accept them. */
+  storeLoss: 'refuse' | 'accept'
 }
 
 /** A bad setting: the message names every variable at fault and what it expects. */
@@ -222,7 +224,8 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     trustProxy: trustProxy.length > 0 ? trustProxy : null,
     rateLimitAllow,
     compatSimpleJwt: boolean('COMPAT_SIMPLEJWT', true),
-    legacySimpleJwtSigningKey: read('LEGACY_SIMPLEJWT_SIGNING_KEY') ?? null
+    legacySimpleJwtSigningKey: read('LEGACY_SIMPLEJWT_SIGNING_KEY') ?? null,
+    storeLoss: oneOf('STORE_LOSS', ['refuse', 'accept'], 'refuse')
   }
   if (config.managementPort !== null && config.managementPort === config.port) {
     problems.push(`MANAGEMENT_PORT=${config.managementPort}: expected a port other than PORT (${config.port}); the ops listener needs a port of its own`)

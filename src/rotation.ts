@@ -25,6 +25,10 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
   const previousJti = payload['jti'] as string
   const nowSec = Math.floor(nowMs / 1000)
   const token = { sub: session.sub, sid: session.sid, jti: previousJti }
+  if (config.denylistEnabled && config.storeLoss === 'refuse' && (payload['iat'] as number) < Math.floor(denylist.epoch() / 1000)) {
+    // The store lost what it knew of this token (its rotations, its session's revocation) after it was minted.
+    throw new TokenRejectedError('token_revoked', 'the token store lost its data after this token was minted; sign in again', token)
+  }
 
   if (!config.rotateRefreshTokens) {
     if (config.denylistEnabled) {

@@ -22,6 +22,18 @@ test('in production an evicting Redis stops the build with a StartupError', asyn
   await t.rejects(buildApp(config, { logStream: new LogCapture() }), StartupError)
 })
 
+test('in production, a Redis that keeps nothing on disk is warned about at start; one with AOF is not (issue 12)', async (t) => {
+  for (const [args, warned] of [[[], true], [['--appendonly', 'yes'], false]] as const) {
+    const redis = await startRedis(t, [...args])
+    const logs = new LogCapture()
+    const app = await buildApp(testConfig({ REDIS_URL: redis.url, NODE_ENV: 'production', JWT_ALGORITHM: 'HS256', JWT_SECRET: 'x'.repeat(32), LOG_LEVEL: 'info' }), { logStream: logs })
+    t.teardown(async () => { await app.close() })
+    const warning = logs.lines.find((line) => String(line['msg']).startsWith('Redis keeps nothing on disk'))
+    t.equal(warning !== undefined, warned, args.length === 0 ? 'no AOF, no RDB: warned' : 'AOF on: not warned')
+    if (warned) t.equal(warning?.['level'], 40, 'at warn level')
+  }
+})
+
 test('a Redis that refuses CONFIG gets a warning and Rotor starts', async (t) => {
   const redis = await startRedis(t, ['--rename-command', 'CONFIG', ''])
   const logs = new LogCapture()
