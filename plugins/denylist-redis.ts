@@ -86,11 +86,11 @@ export class RedisDenylist implements Denylist {
   private readonly prefix: string
   private readonly health: RedisHealth | null
   private readonly durability: Durability
-  private readonly marker: StoreMarker | null
+  private readonly marker: StoreMarker
   /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
   private clockOffsetMs = 0
 
-  constructor (client: RedisClient, prefix: string, health: RedisHealth | null = null, durability: Durability = { replicas: 0, timeoutMs: 0 }, marker: StoreMarker | null = null) {
+  constructor (client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker) {
     this.client = client
     this.prefix = prefix
     this.health = health
@@ -158,7 +158,7 @@ export class RedisDenylist implements Denylist {
   }
 
   epoch (): number {
-    return this.marker === null ? 0 : this.marker.epoch()
+    return this.marker.epoch()
   }
 
   async ping (): Promise<void> {

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Config } from '../src/config.js'
 import { MemoryDenylist } from './denylist-memory.js'
 import { RedisDenylist } from './denylist-redis.js'
-import { SILENCE_CHECK_MS, type RedisClient } from './redis.js'
+import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from './redis.js'
 import { StoreMarker } from './store-marker.js'
 
 /** What the store knows of one token: enough to find every record that could refuse it. */
@@ -65,19 +65,15 @@ declare module 'fastify' {
 }
 
 /**
- * The Redis store. With the denylist on, it watches Rotor's marker (StoreMarker): read before the
- * first request, at every reconnection and every SILENCE_CHECK_MS, so a store that lost its data
- * is found out. With it off there is nothing to lose or refuse, and no marker either (the
- * contract: no record in Redis but rate-limit counters).
+ * The Redis store, watching Rotor's marker (StoreMarker): read before the first request, at every
+ * reconnection and every SILENCE_CHECK_MS, so a store that lost its data is found out.
  */
-async function redisStore (app: FastifyInstance, client: RedisClient, config: Config): Promise<Denylist> {
+async function redisStore (app: FastifyInstance, client: RedisClient, health: RedisHealth, config: Config): Promise<Denylist> {
   const { redisKeyPrefix, redisWaitReplicas, redisWaitTimeoutMs, accessTokenTtl, refreshTokenTtl, leeway } = config
-  const durability = { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }
-  if (!config.denylistEnabled) return new RedisDenylist(client, redisKeyPrefix, app.redisHealth, durability)
   // The marker lives as long as any token could: a store idle that long holds nothing to lose.
   const lifeMs = (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000
-  const marker = new StoreMarker(client, `${redisKeyPrefix}store:epoch`, lifeMs, app.log, () => { app.metrics.storeLosses.inc() })
-  const store = new RedisDenylist(client, redisKeyPrefix, app.redisHealth, durability, marker)
+  const marker = new StoreMarker(client, `${redisKeyPrefix}store:epoch`, lifeMs, app.log, health, () => { app.metrics.storeLosses.inc() })
+  const store = new RedisDenylist(client, redisKeyPrefix, health, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }, marker)
   const onReady = async (): Promise<void> => {
     marker.forget()
     await Promise.all([store.syncClock(), marker.check()]).catch(() => {})
@@ -94,7 +90,10 @@ async function redisStore (app: FastifyInstance, client: RedisClient, config: Co
 }
 
 export default fp(async function denylistPlugin (app, opts: { config: Config }) {
-  const denylist = app.redis === null ? new MemoryDenylist() : await redisStore(app, app.redis, opts.config)
+  // With the denylist off nothing is recorded or refused: no Redis store, and no marker in Redis
+  // either (the contract: no record there but rate-limit counters).
+  const { redis, redisHealth } = app
+  const denylist = redis === null || redisHealth === null || !opts.config.denylistEnabled ? new MemoryDenylist() : await redisStore(app, redis, redisHealth, opts.config)
   if (app.redis === null && opts.config.denylistEnabled) {
     app.log.warn('no REDIS_URL: the denylist is in this process only; run one instance only, and revocations are lost on restart')
   }

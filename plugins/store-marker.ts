@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { StoreUnavailableError } from '../src/errors.js'
-import type { RedisClient } from './redis.js'
+import type { RedisClient, RedisHealth } from './redis.js'
 
 /**
  * KEYS: the marker. ARGV: now (ms), its life (ms). The marker holds when this store began: found,
@@ -28,6 +28,8 @@ return {1, ARGV[1]}
  */
 export class StoreMarker {
   private epochMs: number | null = null
+  /** Why the marker could not be read on this connection (a READONLY replica, a timeout). */
+  private failure = 'not read yet'
   /** The epoch this process saw last, kept across reconnections: a different one is a loss. */
   private seenMs: number | null = null
   private readonly client: RedisClient
@@ -35,10 +37,12 @@ export class StoreMarker {
   private readonly lifeMs: number
   private readonly log: FastifyBaseLogger
   private readonly onLoss: () => void
+  private readonly health: RedisHealth
   /** When this process started: a marker it writes first dates from then (see check). */
   private readonly startedMs = Date.now()
 
-  constructor (client: RedisClient, key: string, lifeMs: number, log: FastifyBaseLogger, onLoss: () => void) {
+  constructor (client: RedisClient, key: string, lifeMs: number, log: FastifyBaseLogger, health: RedisHealth, onLoss: () => void) {
+    this.health = health
     this.client = client
     this.key = key
     this.lifeMs = lifeMs
@@ -49,7 +53,7 @@ export class StoreMarker {
 
   /** When the store began (ms); throws StoreUnavailableError while that is not known on this connection. */
   epoch (): number {
-    if (this.epochMs === null) throw new StoreUnavailableError('the store marker has not been read since Redis (re)connected')
+    if (this.epochMs === null) throw new StoreUnavailableError(`Rotor's store marker is not known on this connection: ${this.failure}`)
     return this.epochMs
   }
 
@@ -66,7 +70,16 @@ export class StoreMarker {
   async check (): Promise<void> {
     const send = (this.client as unknown as { rotorStoreEpoch: (...args: Array<string | number>) => Promise<[number, string]> }).rotorStoreEpoch
     const since = this.seenMs === null ? this.startedMs : Date.now()
-    const [created, epoch] = await send.call(this.client, this.key, since, this.lifeMs)
+    let created: number
+    let epoch: string
+    try {
+      [created, epoch] = await send.call(this.client, this.key, since, this.lifeMs)
+    } catch (error) {
+      // Kept for the 503's log line while the epoch is unknown; a known epoch stays known.
+      this.failure = (error as Error).message
+      this.health.down(this.failure)
+      return
+    }
     const epochMs = Number(epoch)
     if (created === 1) {
       if (this.seenMs === null) {

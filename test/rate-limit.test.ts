@@ -333,7 +333,8 @@ test('rate-limit counters in Redis live under REDIS_KEY_PREFIX and expire with t
   await issueWith(app, API_KEY)
   const redis = new Redis(REDIS_URL)
   t.teardown(() => { redis.disconnect() })
-  const keys = await redis.keys(`${prefix}*`)
+  // Rate-limit counters only (the denylist's store marker lives as long as the longest token).
+  const keys = (await redis.keys(`${prefix}*`)).filter((key) => !key.endsWith(':store:epoch'))
   t.ok(keys.length >= 2, `counters are written under the prefix: ${keys.join(' ')}`)
   for (const key of keys) {
     const ttl = await redis.pttl(key)
