@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import errorsPlugin from '../plugins/errors.js'
 import healthRoutes from './routes/health.js'
 import metricsRoutes from './routes/metrics.js'
@@ -21,7 +21,7 @@ declare module 'fastify' {
 export async function buildManagementApp (app: FastifyInstance): Promise<FastifyInstance> {
   const management = Fastify({
     loggerInstance: app.log.child({ listener: 'management' }),
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     connectionTimeout: 10_000,
     requestTimeout: 30_000,
     http: { connectionsCheckingInterval: 1000, requestTimeout: 30_000 }
