@@ -71,3 +71,20 @@ test('tokens a sidecar issued while its Redis was not up yet stay good when the 
   const pair = await issue(fresh, { sub: 'early' })
   t.equal((await refreshWith(fresh, pair.refresh_token)).statusCode, 200, 'the marker dates from the process start, not from the first check')
 })
+
+test('two instances on one Redis: the first to look writes the new epoch, the other adopts it, and both refuse the old tokens', async (t) => {
+  const redis = await startRedis(t)
+  const prefix = `rotor-test:loss-${Date.now()}:`
+  const logs = [new LogCapture(), new LogCapture()]
+  const shared = { REDIS_URL: redis.url, REDIS_KEY_PREFIX: prefix, LOG_LEVEL: 'info', JWT_ALGORITHM: 'HS256', JWT_SECRET: 'one secret for both instances, 32+ bytes' }
+  const apps = await Promise.all(logs.map(async (log) => build(t, shared, log)))
+  const old = await issue(apps[0]!, { sub: 'shared' })
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  await redis.stop()
+  await redis.start()
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const said = logs.map((log) => log.lines.filter((line) => String(line['msg']).startsWith('store lost its data')).map((line) => String(line['msg'])))
+  t.same(said.map((lines) => lines.length), [1, 1], 'each instance says it once')
+  t.equal(said.flat().filter((message) => message.includes('another instance saw it first')).length, 1, 'one of them wrote the new epoch, the other found it')
+  for (const app of apps) t.match((await refreshWith(app, old.refresh_token)).json(), { code: 'token_revoked' })
+})
