@@ -7,7 +7,8 @@ const SWEEP_INTERVAL_MS = 60_000
 
 /**
  * The in-process denylist, for one instance with no Redis. Same keys, same TTLs and the same
- * decisions as the Redis script; JavaScript's single thread makes each call atomic.
+ * decisions as the Redis script; JavaScript's single thread makes each call atomic, and its
+ * answers cannot be lost on the way, so no rotation here is ever left unconfirmed.
  */
 export class MemoryDenylist implements Denylist {
   private readonly entries = new Map<string, Entry>()

@@ -8,36 +8,43 @@ import type { StoreMarker } from './store-marker.js'
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
  * subject's revocation, the successor's record. ARGV: now (ms), the jti's remaining life (ms),
  * grace (ms), the session's issuance (µs), enforce (1/0), the session revocation's life (ms), and
- * a deadline on Redis's own clock (ms). A subject's mark in seconds (before Rotor 0.2) is read as
- * the last microsecond of that second, as revokedUntilUs does.
+ * how long a rotation may still be in flight (ms). A subject's mark in seconds (before Rotor 0.2)
+ * is read as the last microsecond of that second, as revokedUntilUs does. Answers the status, the
+ * rotation's time, and 1 when the record is still unconfirmed.
  * The in-process store (denylist-memory.ts) makes the same decisions in the same order.
  *
- * The deadline: a Redis that hangs still takes commands into its socket buffer. Rotor gives up
- * on it and answers 503, but the script would run when Redis wakes and record a rotation nobody
- * received; the user's retry would then be "reuse" and log them out. So a script that starts
- * after the deadline (earlier than Rotor's own command timeout) writes nothing.
+ * A rotation is written unconfirmed (`-<ms>`) and confirmed (`<ms>`, CONFIRM) once Rotor has its
+ * answer. Redis can run a rotation whose answer never reaches Rotor (a reply that is late or lost
+ * on a reset connection, a WAIT the replicas missed, a script that ran after Rotor gave up on a
+ * hung Redis): Rotor answered 503 and the client still holds the old token. For that client the
+ * rotation never happened, so an unconfirmed rotation is not a reuse however late the retry
+ * comes; the retry gets the same successor, and the record is confirmed. It ends as any grace
+ * does: once the successor is rotated itself, a replay is a reuse. With REFRESH_REUSE_GRACE=0 an
+ * unconfirmed rotation younger than the in-flight bound may still get its answer: a second
+ * presentation then is a reuse, as without it.
  */
 const ROTATE = `
-local clock = redis.call('TIME')
-if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[7]) then
-  return {'late', '0'}
-end
 local rotated = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
+local at, unconfirmed = 0, false
 if rotated then
+  at = tonumber(rotated)
+  unconfirmed = at < 0
+  at = math.abs(at)
   local grace = tonumber(ARGV[3])
-  if grace == 0 or now - tonumber(rotated) > grace or redis.call('EXISTS', KEYS[4]) == 1 then
+  local lost = unconfirmed and (grace > 0 or now - at > tonumber(ARGV[7]))
+  if redis.call('EXISTS', KEYS[4]) == 1 or not lost and (grace == 0 or now - at > grace) then
     if ARGV[5] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[6]) end
-    return {'reused', rotated}
+    return {'reused', '0', 0}
   end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked', '0'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'revoked', '0', 0} end
 local revokedUntil = tonumber(redis.call('GET', KEYS[3]) or '-1')
 if revokedUntil >= 0 and revokedUntil < 1e11 then revokedUntil = (revokedUntil + 1) * 1000000 - 1 end
-if revokedUntil >= tonumber(ARGV[4]) then return {'revoked', '0'} end
-if rotated then return {'grace', rotated} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {'rotated', ARGV[1]}
+if revokedUntil >= tonumber(ARGV[4]) then return {'revoked', '0', 0} end
+if rotated then return {'grace', string.format('%.0f', at), unconfirmed and 1 or 0} end
+redis.call('SET', KEYS[1], '-' .. ARGV[1], 'PX', ARGV[2])
+return {'rotated', ARGV[1], 1}
 `
 
 /**
@@ -51,12 +58,16 @@ redis.call('SET', KEYS[1], string.format('%.0f', math.max(current, tonumber(ARGV
 return 1
 `
 
-/** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
-const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
+/** Confirms a rotation Rotor got the answer of. KEYS: the jti's record. ARGV: its time (ms). */
+const CONFIRM = `
+if redis.call('GET', KEYS[1]) == '-' .. ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
+return 1
+`
 
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
 type Send = (...args: Array<string | number>) => unknown
+type Confirm = (key: string, atMs: string) => Promise<unknown>
 interface Queue { exec: () => Promise<unknown> }
 
 /**
@@ -87,8 +98,8 @@ export class RedisDenylist implements Denylist {
   private readonly health: RedisHealth | null
   private readonly durability: Durability
   private readonly marker: StoreMarker
-  /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
-  private clockOffsetMs = 0
+  /** How long a rotation Rotor sent may still get its answer: its command timeout and WAIT. */
+  private readonly inFlightMs: number
 
   constructor (client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker) {
     this.client = client
@@ -96,7 +107,9 @@ export class RedisDenylist implements Denylist {
     this.health = health
     this.durability = durability
     this.marker = marker
+    this.inFlightMs = COMMAND_TIMEOUT_MS + (durability.replicas > 0 ? durability.timeoutMs : 0)
     client.defineCommand('rotorRotate', { numberOfKeys: 4, lua: ROTATE })
+    client.defineCommand('rotorConfirm', { numberOfKeys: 1, lua: CONFIRM })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 1, lua: REVOKE_SUBJECT })
   }
 
@@ -110,26 +123,19 @@ export class RedisDenylist implements Denylist {
     return kind === 'u' ? `${subject}:u` : `${subject}:${kind}:${id}`
   }
 
-  /** Measures Redis's clock against ours, to half a round trip. */
-  async syncClock (): Promise<void> {
-    const sent = Date.now()
-    const [seconds, micros] = await this.guard(this.client.time())
-    const received = Date.now()
-    this.clockOffsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - (sent + received) / 2
-  }
-
   async rotate (input: RotateInput): Promise<RotateOutcome> {
-    const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
     const subject = `${this.prefix}{${hashTag(input.sub)}}`
-    const [status, at] = await this.write('rotorRotate',
-      this.keyIn(subject, 'j', input.jti), this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''),
-      this.keyIn(subject, 'j', input.childJti),
+    const record = this.keyIn(subject, 'j', input.jti)
+    const [status, at, unconfirmed] = await this.write('rotorRotate',
+      record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
-      Math.max(1, Math.ceil(input.sessionTtlMs)), deadline
-    ) as [string, string]
-    if (status === 'late') throw new StoreUnavailableError('Redis ran the rotation after its deadline; nothing was recorded')
-    if (status === 'rotated' || status === 'grace') return { status, rotatedAtMs: Number(at) }
-    return { status: status === 'revoked' ? 'revoked' : 'reused' }
+      Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs
+    ) as [string, string, number]
+    if (status !== 'rotated' && status !== 'grace') return { status: status === 'revoked' ? 'revoked' : 'reused' }
+    // The answer reached Rotor: confirm it. Not awaited, nor its failure a 503: a rotation left
+    // unconfirmed only lets its client's retry through (see ROTATE).
+    if (unconfirmed === 1) (this.client as unknown as { rotorConfirm: Confirm }).rotorConfirm(record, at).catch(() => {})
+    return { status, rotatedAtMs: Number(at) }
   }
 
   async state (ref: TokenRef): Promise<TokenState> {

@@ -76,7 +76,7 @@ async function redisStore (app: FastifyInstance, client: RedisClient, health: Re
   const store = new RedisDenylist(client, redisKeyPrefix, health, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }, marker)
   const onReady = async (): Promise<void> => {
     marker.forget()
-    await Promise.all([store.syncClock(), marker.check()]).catch(() => {})
+    await marker.check().catch(() => {})
   }
   client.on('ready', () => { onReady().catch(() => {}) })
   client.on('close', () => { marker.forget() })

@@ -1,6 +1,6 @@
 import { TokenRejectedError } from './errors.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
-import { mintAccessToken, mintPair, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
+import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
 
 export interface Refreshed {
   pair: TokenPair
@@ -66,8 +66,13 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
           : 'a rotated refresh token was presented again (REUSE_DETECTION=log: nothing revoked)')
       throw new TokenRejectedError('token_reused', 'this refresh token was already used; the session is revoked', token)
     default: {
+      // A retry gets the rotation's refresh token again. Its access token too within the window;
+      // a later retry (of a rotation answered 503, see the store) gets a fresh one.
       const iat = Math.floor(outcome.rotatedAtMs / 1000)
-      const pair = mintPair(keyring, config, session, iat, ids, nowSec)
+      const late = nowMs - outcome.rotatedAtMs > config.refreshReuseGrace * 1000
+      const pair = pairResponse(
+        mintAccessToken(keyring, config, session, late ? nowSec : iat, ids.access), mintRefreshToken(keyring, config, session, iat, ids.refresh), nowSec
+      )
       return { pair, session, previousJti, refreshJti: ids.refresh, isRetry: outcome.status === 'grace' }
     }
   }

@@ -206,6 +206,20 @@ export async function introspectToken (app: FastifyInstance, token: string): Pro
 }
 
 /**
+ * Waits until `replica` receives the writes `primary` takes. `master_link_status:up` is not
+ * enough: after a diskless sync the primary streams nothing until the replica's first
+ * `REPLCONF ACK`, up to a second later (a revocation made in that second reached the replica
+ * only later; the Sentinel test failed on it once the tests got faster). A probe key proves it.
+ */
+export async function untilReplicating (primaryUrl: string, replicaUrl: string): Promise<void> {
+  const probe = `rotor-test:replication-probe:${randomBytes(6).toString('hex')}`
+  await until('the replica to receive writes', async () => {
+    await redisCommand(primaryUrl, 'SET', probe, '1', 'PX', 60_000)
+    return await redisCommand(replicaUrl, 'EXISTS', probe) === 1
+  })
+}
+
+/**
  * A primary with one replica and a sentinel watching them (quorum 1, a primary is down after
  * 1500 ms): failover takes a few seconds. Returns REDIS_SENTINELS and the servers. Not shorter: a
  * primary that merely stalls past it on a busy machine is failed over while it still takes writes, and
@@ -215,7 +229,7 @@ export async function startSentinel (t: Test & { testdir: () => string }, name =
   const fast = ['--repl-diskless-sync-delay', '0']
   const primary = await startRedis(t, fast)
   const replica = await startRedis(t, [...fast, '--replicaof', '127.0.0.1', String(primary.port)])
-  await until('the replica to sync', async () => String(await redisCommand(replica.url, 'INFO', 'replication')).includes('master_link_status:up'))
+  await untilReplicating(primary.url, replica.url)
   const port = await freePort()
   const configFile = join(t.testdir(), `sentinel-${port}.conf`)
   await writeFile(configFile, [
@@ -392,12 +406,18 @@ export async function startCluster (t: Test & { testdir: () => string }, options
  * `partition()` drops every byte both ways on every connection, old and new, and closes nothing
  * (a cut link); `silenceExisting()` does that to the connections open now only, while new ones
  * work (a firewall or NAT that lost their state: no FIN, no RST, ever); `heal()` ends either,
- * dropping the connections whose streams lost bytes.
+ * dropping the connections whose streams lost bytes. `delay(ms)` holds every chunk that long
+ * each way (a slow link; bytes stay in order); `resetAfterReplyTo(text)` lets the next request
+ * containing `text` through, then drops its reply and resets the connection (a reply lost after
+ * the server acted on the request).
  */
 export class TcpProxy {
   /** Connections ever made through the proxy. */
   accepted = 0
   private partitioned = false
+  private delayMs = 0
+  private resetAfter: string | null = null
+  private readonly resetting = new WeakSet<Socket>()
   private readonly silenced = new WeakSet<Socket>()
   private readonly sockets = new Set<Socket>()
   private readonly server: Server
@@ -410,8 +430,18 @@ export class TcpProxy {
         socket.on('error', () => {})
         socket.on('close', () => { this.sockets.delete(socket) })
       }
-      downstream.on('data', (data) => { if (this.forwards(downstream)) upstream.write(data) })
-      upstream.on('data', (data) => { if (this.forwards(downstream)) downstream.write(data) })
+      downstream.on('data', (data: Buffer) => {
+        if (this.resetAfter !== null && data.includes(this.resetAfter)) {
+          this.resetAfter = null
+          this.resetting.add(downstream)
+        }
+        this.relay(downstream, upstream, data)
+      })
+      upstream.on('data', (data: Buffer) => {
+        if (!this.resetting.has(downstream)) return this.relay(downstream, downstream, data)
+        downstream.resetAndDestroy()
+        upstream.destroy()
+      })
       downstream.on('close', () => upstream.destroy())
       upstream.on('close', () => downstream.destroy())
     })
@@ -428,6 +458,10 @@ export class TcpProxy {
   }
 
   partition (): void { this.partitioned = true }
+
+  delay (ms: number): void { this.delayMs = ms }
+
+  resetAfterReplyTo (text: string): void { this.resetAfter = text }
 
   silenceExisting (): void {
     for (const socket of this.sockets) this.silenced.add(socket)
@@ -446,5 +480,12 @@ export class TcpProxy {
 
   private forwards (downstream: Socket): boolean {
     return !this.partitioned && !this.silenced.has(downstream)
+  }
+
+  /** Passes a chunk of `downstream`'s connection on to `to`, after the delay if there is one. */
+  private relay (downstream: Socket, to: Socket, data: Buffer): void {
+    const send = (): void => { if (this.forwards(downstream) && !to.destroyed) to.write(data) }
+    if (this.delayMs === 0) send()
+    else setTimeout(send, this.delayMs)
   }
 }

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
-import { LogCapture, TcpProxy, build, introspectToken, issue, redisCommand, refreshWith, startRedis, until, type OwnRedis, type Pair } from './helper.js'
+import { LogCapture, TcpProxy, build, introspectToken, issue, redisCommand, refreshWith, startRedis, until, untilReplicating, type OwnRedis, type Pair } from './helper.js'
 
 // Redis replicates asynchronously: a write the primary acknowledged may not have reached the
 // replica when the primary dies, and the promoted replica never saw it. For a denylist that
@@ -21,7 +21,7 @@ async function primaryWithReplica (t: Parameters<typeof startRedis>[0], primaryA
   const link = new TcpProxy(primary.port)
   t.teardown(() => { link.close() })
   const replica = await startRedis(t, [...FAST, '--replicaof', '127.0.0.1', String(await link.listen())])
-  await until('the replica to sync', async () => String(await redisCommand(replica.url, 'INFO', 'replication')).includes('master_link_status:up'))
+  await untilReplicating(primary.url, replica.url)
   return { primary, replica, link }
 }
 
@@ -85,7 +85,7 @@ test('with REDIS_WAIT_REPLICAS=1 nothing unreplicated is acknowledged: 503 inste
   t.equal(logs.lines.filter((line) => line['level'] === 50 && String(line['msg']).startsWith('store not durable')).length, 1, 'the on-call reads it once, at error level, however many writes fail')
 
   redis.link.heal()
-  await until('the replica to resync', async () => String(await redisCommand(redis.replica.url, 'INFO', 'replication')).includes('master_link_status:up'))
+  await untilReplicating(redis.primary.url, redis.replica.url)
   const retried = await refreshWith(before, user.refresh_token)
   t.equal(retried.statusCode, 200, 'the retry of that refresh, within the grace window, is served: nobody is logged out')
   t.equal(await revoke(before, durable.access_token), 200, 'confirmed by the replica')
