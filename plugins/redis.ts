@@ -40,21 +40,27 @@ export const SILENCE_CHECK_MS = 2000
 /**
  * Replaces a connection that looks open but carries nothing back (a firewall or NAT that lost its
  * state: no FIN, no RST, until the kernel gives up ~15 min later) when one of its commands timed
- * out: a new connection would work. Cluster clients are left to their own node handling.
+ * out: a new connection would work. A Cluster client replaces all its node connections (and reads
+ * the slots again): a command cannot tell which node's link went silent, and one more
+ * reconnection of the healthy ones costs a round trip. Through Sentinel, the new connection goes
+ * to whichever primary the sentinels name.
  */
 export function recycleIfSilent (client: RedisClient, error: unknown): void {
-  if (client instanceof Redis && client.status === 'ready' && (error as Error).message === 'Command timed out') client.disconnect(true)
+  if (client.status === 'ready' && (error as Error).message === 'Command timed out') client.disconnect(true)
 }
 
 /**
- * Checks the connection every SILENCE_CHECK_MS with a PING, and recycles it when that times out:
- * a client nobody is using (the rate limiter's between requests, or any at 3 a.m.) is found out
- * too. Returns the function that stops it.
+ * Checks the connection every SILENCE_CHECK_MS with a PING (a Cluster client: one to every
+ * primary), and recycles it when that times out: a client nobody is using (the rate limiter's
+ * between requests, or any at 3 a.m.) is found out too. Returns the function that stops it.
  */
 export function recycleWhenSilent (client: RedisClient): () => void {
   // Every command times out within SILENCE_CHECK_MS, so one PING is over before the next.
   const timer = setInterval(() => {
-    if (client.status === 'ready') client.ping().catch((error: unknown) => { recycleIfSilent(client, error) })
+    if (client.status !== 'ready') return
+    for (const connection of client instanceof Cluster ? client.nodes('master') : [client]) {
+      connection.ping().catch((error: unknown) => { recycleIfSilent(client, error) })
+    }
   }, SILENCE_CHECK_MS)
   timer.unref()
   return () => { clearInterval(timer) }

@@ -21,6 +21,7 @@ export interface Assertions {
   // Method syntax: tap's own signatures take more than these, and methods compare bivariantly.
   same (found: unknown, wanted: unknown, message: string): unknown
   equal (found: unknown, wanted: unknown, message: string): unknown
+  ok (found: unknown, message: string): unknown
 }
 
 export const API_KEY = 'test-api-key-0123456789abcdef'
@@ -225,16 +226,22 @@ export async function untilReplicating (primaryUrl: string, replicaUrl: string):
  * primary that merely stalls past it on a busy machine is failed over while it still takes writes, and
  * loses them when it is demoted (a split brain; issue 11).
  */
-export async function startSentinel (t: Test & { testdir: () => string }, name = 'rotor'): Promise<{ sentinels: string, primary: OwnRedis, replica: OwnRedis, sentinel: OwnRedis }> {
+export async function startSentinel (
+  t: Test & { testdir: () => string }, name = 'rotor', options: { proxied?: boolean, downAfterMs?: number } = {}
+): Promise<{ sentinels: string, primary: OwnRedis, replica: OwnRedis, sentinel: OwnRedis, proxy: TcpProxy | null }> {
   const fast = ['--repl-diskless-sync-delay', '0']
   const primary = await startRedis(t, fast)
   const replica = await startRedis(t, [...fast, '--replicaof', '127.0.0.1', String(primary.port)])
   await untilReplicating(primary.url, replica.url)
+  // proxied: the sentinel knows the primary by a TcpProxy's address, so its clients go through it.
+  const proxy = options.proxied === true ? new TcpProxy(primary.port) : null
+  if (proxy !== null) t.teardown(() => { proxy.close() })
+  const primaryPort = proxy === null ? primary.port : await proxy.listen()
   const port = await freePort()
   const configFile = join(t.testdir(), `sentinel-${port}.conf`)
   await writeFile(configFile, [
-    `sentinel monitor ${name} 127.0.0.1 ${primary.port} 1`,
-    `sentinel down-after-milliseconds ${name} 1500`,
+    `sentinel monitor ${name} 127.0.0.1 ${primaryPort} 1`,
+    `sentinel down-after-milliseconds ${name} ${options.downAfterMs ?? 1500}`,
     `sentinel failover-timeout ${name} 2000`,
     ''
   ].join('\n'))
@@ -245,7 +252,7 @@ export async function startSentinel (t: Test & { testdir: () => string }, name =
     const replicas = await redisCommand(sentinel.url, 'SENTINEL', 'REPLICAS', name) as unknown[]
     return replicas.length === 1
   })
-  return { sentinels: `127.0.0.1:${port}`, primary, replica, sentinel }
+  return { sentinels: `127.0.0.1:${port}`, primary, replica, sentinel, proxy }
 }
 
 /**
