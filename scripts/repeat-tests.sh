@@ -16,7 +16,9 @@ files=("$@")
 # By default: every file that starts processes of its own (redis-servers, sentinels, clusters, Rotor servers, Django).
 [ ${#files[@]} -gt 0 ] || files=(test/sentinel.test.ts test/cluster.test.ts test/replication.test.ts test/multi-instance.test.ts
   test/store-faults.test.ts test/workers.test.ts test/shutdown.test.ts test/redis-setup.test.ts test/management.test.ts
-  test/config.test.ts test/denylist.test.ts test/rate-limit.test.ts test/operations.test.ts test/django.test.ts test/verifier-example.test.ts)
+  test/config.test.ts test/denylist.test.ts test/rate-limit.test.ts test/operations.test.ts test/django.test.ts test/verifier-example.test.ts
+  test/key-rotation.test.ts test/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
+  test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts test/issues/12-store-loss.test.ts)
 
 run() { # label, log file, command...
   local label=$1 log=$2; shift 2
