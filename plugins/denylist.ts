@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
+import { Cluster, type Redis } from 'ioredis'
 import type { Config } from '../src/config.js'
 import { MemoryDenylist } from './denylist-memory.js'
 import { RedisDenylist } from './denylist-redis.js'
@@ -79,6 +80,9 @@ async function redisStore (app: FastifyInstance, client: RedisClient, health: Re
     await marker.check().catch(() => {})
   }
   client.on('ready', () => { onReady().catch(() => {}) })
+  // A Cluster reconnects node by node: a primary that restarted (perhaps empty) is read again too,
+  // while the other shards keep serving with the epoch known.
+  if (client instanceof Cluster) client.on('+node', (node: Redis) => { node.on('ready', () => { marker.check().catch(() => {}) }) })
   client.on('close', () => { marker.forget() })
   // Connected already (the redis plugin waits for it): read the marker before serving.
   if (client.status === 'ready') await onReady()

@@ -40,30 +40,49 @@ export const SILENCE_CHECK_MS = 2000
 /**
  * Replaces a connection that looks open but carries nothing back (a firewall or NAT that lost its
  * state: no FIN, no RST, until the kernel gives up ~15 min later) when one of its commands timed
- * out: a new connection would work. A Cluster client replaces all its node connections (and reads
- * the slots again): a command cannot tell which node's link went silent, and one more
- * reconnection of the healthy ones costs a round trip. Through Sentinel, the new connection goes
- * to whichever primary the sentinels name.
+ * out: a new connection would work. Through Sentinel, the new connection goes to whichever
+ * primary the sentinels name. A Cluster client's error does not say which node's link went
+ * silent: each connected primary is asked (recycleSilentNodes).
  */
 export function recycleIfSilent (client: RedisClient, error: unknown): void {
-  if (client.status === 'ready' && (error as Error).message === 'Command timed out') client.disconnect(true)
+  if (!isTimeout(error)) return
+  if (client instanceof Cluster) recycleSilentNodes(client)
+  else if (client.status === 'ready') client.disconnect(true)
 }
 
 /**
- * Checks the connection every SILENCE_CHECK_MS with a PING (a Cluster client: one to every
+ * Checks the connection every SILENCE_CHECK_MS with a PING (a Cluster client: every connected
  * primary), and recycles it when that times out: a client nobody is using (the rate limiter's
  * between requests, or any at 3 a.m.) is found out too. Returns the function that stops it.
  */
 export function recycleWhenSilent (client: RedisClient): () => void {
   // Every command times out within SILENCE_CHECK_MS, so one PING is over before the next.
   const timer = setInterval(() => {
-    if (client.status !== 'ready') return
-    for (const connection of client instanceof Cluster ? client.nodes('master') : [client]) {
-      connection.ping().catch((error: unknown) => { recycleIfSilent(client, error) })
-    }
+    if (client instanceof Cluster) recycleSilentNodes(client)
+    else if (client.status === 'ready') client.ping().catch((error: unknown) => { recycleIfSilent(client, error) })
   }, SILENCE_CHECK_MS)
   timer.unref()
   return () => { clearInterval(timer) }
+}
+
+const checking = new WeakSet<Cluster>()
+
+/**
+ * Pings every connected primary of a Cluster (one round at a time) and drops the connection of
+ * each that does not answer in time: ioredis connects anew on the next command for its slots.
+ * Connections still connecting (a primary that is down) are left to ioredis and the failover.
+ */
+function recycleSilentNodes (cluster: Cluster): void {
+  if (checking.has(cluster)) return
+  checking.add(cluster)
+  const connected = cluster.nodes('master').filter((node) => node.status === 'ready')
+  Promise.all(connected.map(async (node) => {
+    await node.ping().catch((error: unknown) => { if (isTimeout(error) && node.status === 'ready') node.disconnect() })
+  })).finally(() => { checking.delete(cluster) }).catch(() => {})
+}
+
+function isTimeout (error: unknown): boolean {
+  return (error as Error).message === 'Command timed out'
 }
 
 /** Policies under which Redis may drop a key before its TTL: a dropped denylist key un-revokes a token. */

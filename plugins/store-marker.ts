@@ -1,6 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
+import { Cluster } from 'ioredis'
+import keySlot from 'cluster-key-slot'
 import { StoreUnavailableError } from '../src/errors.js'
-import type { RedisClient, RedisHealth } from './redis.js'
+import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from './redis.js'
 
 /**
  * KEYS: the marker. ARGV: now (ms), its life (ms). The marker holds when this store began: found,
@@ -15,6 +17,114 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, ARGV[1]}
 `
+
+/** KEYS: one slot's marker. Answers {its epoch, or '' when missing; its remaining life (ms)}. */
+const READ = `
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return {'', -2} end
+return {epoch, redis.call('PTTL', KEYS[1])}
+`
+
+/** What reading the marker found: the store's epoch (ms), and whether the marker had to be written. */
+interface Reading { created: boolean, epochMs: number }
+
+/** Where the marker lives: one key, or one per Cluster slot. */
+interface Markers { read: (sinceMs: number) => Promise<Reading> }
+
+/** One key (a single node, or a primary behind Sentinel): read, kept alive or written in one step. */
+class OneMarker implements Markers {
+  private readonly client: RedisClient
+  private readonly key: string
+  private readonly lifeMs: number
+  constructor (client: RedisClient, key: string, lifeMs: number) {
+    this.client = client
+    this.key = key
+    this.lifeMs = lifeMs
+    client.defineCommand('rotorStoreEpoch', { numberOfKeys: 1, lua: CHECK })
+  }
+
+  async read (sinceMs: number): Promise<Reading> {
+    const send = (this.client as unknown as { rotorStoreEpoch: (...args: Array<string | number>) => Promise<[number, string]> }).rotorStoreEpoch
+    const [created, epoch] = await send.call(this.client, this.key, sinceMs, this.lifeMs)
+    return { created: created === 1, epochMs: Number(epoch) }
+  }
+}
+
+const SLOTS = 16_384
+let slotTags: string[] | null = null
+
+/** A hash tag for every Cluster slot: the first base-36 number that hashes there (computed once, ~20 ms). */
+function tagsBySlot (): string[] {
+  if (slotTags === null) {
+    const tags = new Array<string>(SLOTS)
+    for (let n = 0, left = SLOTS; left > 0; n++) {
+      const tag = n.toString(36)
+      const slot = keySlot(tag)
+      if (tags[slot] === undefined) {
+        tags[slot] = tag
+        left--
+      }
+    }
+    slotTags = tags
+  }
+  return slotTags
+}
+
+/**
+ * On a Cluster, a shard can lose its data alone (a primary restarted empty): every slot holds a
+ * marker (`<key>:{<tag>}`, 16,384 keys, ~1.5 MB in all), and each check reads one slot of every
+ * primary. A slot moved by resharding takes its marker along, so any slot of a primary will do.
+ * Markers are written together and kept alive together, when the ones read have half their life left.
+ */
+class SlotMarkers implements Markers {
+  private readonly client: Cluster
+  /** The marker of every slot, by slot. */
+  private readonly keys: string[]
+  private readonly lifeMs: number
+  /** Below this much life left, every marker is kept alive again: half their life, and never so
+   * close to the end that the checks (every SILENCE_CHECK_MS) could miss the moment. */
+  private readonly extendBelowMs: number
+  constructor (client: Cluster, key: string, lifeMs: number) {
+    this.client = client
+    this.keys = tagsBySlot().map((tag) => `${key}:{${tag}}`)
+    this.lifeMs = lifeMs
+    this.extendBelowMs = Math.max(lifeMs / 2, 3 * SILENCE_CHECK_MS)
+    client.defineCommand('rotorReadMarker', { numberOfKeys: 1, lua: READ })
+  }
+
+  async read (sinceMs: number): Promise<Reading> {
+    const keys = this.representatives()
+    const found = await this.readAll(keys)
+    // A shard without markers: a new store, or one that lost its data. Written where missing only
+    // (another instance may be writing too), then read again: the newest epoch of any shard is the store's.
+    const created = found.some(([epoch]) => epoch === '')
+    if (created) await Promise.all(this.keys.map(async (key) => await this.client.set(key, sinceMs, 'PX', this.lifeMs, 'NX')))
+    const markers = created ? await this.readAll(keys) : found
+    if (markers.some(([, ttl]) => ttl < this.extendBelowMs)) this.extendAll()
+    return { created, epochMs: Math.max(...markers.map(([epoch]) => Number(epoch))) }
+  }
+
+  /** The marker of the lowest slot of every primary (none while the slots are not known yet). */
+  private representatives (): string[] {
+    const primaries = new Map<string, string>()
+    this.keys.forEach((key, slot) => {
+      const primary = this.client.slots[slot]?.[0]
+      if (primary !== undefined && !primaries.has(primary)) primaries.set(primary, key)
+    })
+    if (primaries.size === 0) throw new Error('the Cluster\'s slots are not known yet')
+    return [...primaries.values()]
+  }
+
+  private async readAll (keys: string[]): Promise<Array<[string, number]>> {
+    const send = (this.client as unknown as { rotorReadMarker: (key: string) => Promise<[string, number]> }).rotorReadMarker
+    return await Promise.all(keys.map(async (key) => await send.call(this.client, key)))
+  }
+
+  private extendAll (): void {
+    // Not awaited; a failure is tried again at the next check.
+    Promise.all(this.keys.map(async (key) => await this.client.pexpire(key, this.lifeMs))).catch(() => {})
+  }
+}
 
 /**
  * Knows whether Redis lost its data (restarted with no persistence, flushed, replaced): a marker of
@@ -32,9 +142,7 @@ export class StoreMarker {
   private failure = 'not read yet'
   /** The epoch this process saw last, kept across reconnections: a different one is a loss. */
   private seenMs: number | null = null
-  private readonly client: RedisClient
-  private readonly key: string
-  private readonly lifeMs: number
+  private readonly markers: Markers
   private readonly log: FastifyBaseLogger
   private readonly onLoss: () => void
   private readonly health: RedisHealth
@@ -43,12 +151,9 @@ export class StoreMarker {
 
   constructor (client: RedisClient, key: string, lifeMs: number, log: FastifyBaseLogger, health: RedisHealth, onLoss: () => void) {
     this.health = health
-    this.client = client
-    this.key = key
-    this.lifeMs = lifeMs
+    this.markers = client instanceof Cluster ? new SlotMarkers(client, key, lifeMs) : new OneMarker(client, key, lifeMs)
     this.log = log
     this.onLoss = onLoss
-    client.defineCommand('rotorStoreEpoch', { numberOfKeys: 1, lua: CHECK })
   }
 
   /** When the store began (ms); throws StoreUnavailableError while that is not known on this connection. */
@@ -68,20 +173,19 @@ export class StoreMarker {
    * (a sidecar starting first) stay good; older ones, from before a loss, do not.
    */
   async check (): Promise<void> {
-    const send = (this.client as unknown as { rotorStoreEpoch: (...args: Array<string | number>) => Promise<[number, string]> }).rotorStoreEpoch
     const since = this.seenMs === null ? this.startedMs : Date.now()
-    let created: number
-    let epoch: string
+    let reading: Reading
     try {
-      [created, epoch] = await send.call(this.client, this.key, since, this.lifeMs)
+      reading = await this.markers.read(since)
     } catch (error) {
-      // Kept for the 503's log line while the epoch is unknown; a known epoch stays known.
+      // Kept for the 503's log line while the epoch is unknown; a known epoch stays known, and
+      // the next check tells (on a Cluster, one shard down must not stop the others).
       this.failure = (error as Error).message
-      this.health.down(this.failure)
+      if (this.epochMs === null) this.health.down(this.failure)
       return
     }
-    const epochMs = Number(epoch)
-    if (created === 1) {
+    const { created, epochMs } = reading
+    if (created) {
       if (this.seenMs === null) {
         this.log.warn({ epoch: new Date(epochMs).toISOString() }, 'store marker written: a new store, or one that lost its data while no Rotor watched; refresh tokens minted before now are refused (STORE_LOSS)')
       } else {

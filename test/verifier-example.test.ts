@@ -246,11 +246,14 @@ for (const route of ['v1', 'simplejwt'] as const) {
 }
 
 test('the Auth.js callback keeps the session on a 503 and asks again only after Retry-After', async (t) => {
-  const redis = await startRedis(t)
+  // A Redis that keeps its data across the restart: one that came back empty would (rightly) have
+  // the session refused once a second had passed (STORE_LOSS), and the test would depend on timing.
+  const redis = await startRedis(t, ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', t.testdir({})])
   const app = await build(t, { REDIS_URL: redis.url })
   let skew = 0
   const { jwt, calls } = callback(await listen(app), { refreshMarginSeconds: 7200, now: () => Date.now() + skew })
   const session = await signIn(jwt, await issue(app))
+  await sleep(1100) // the session from an earlier second than the restart, always
   await redis.stop()
 
   const deferred = await jwt({ token: session })

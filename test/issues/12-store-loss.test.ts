@@ -1,5 +1,5 @@
 import { test, type Test } from 'tap'
-import { API_KEY, build, issue, listen, LogCapture, redisCommand, refreshWith, startRedis, type Pair } from '../helper.js'
+import { API_KEY, build, issue, listen, LogCapture, redisCommand, refreshWith, startCluster, startRedis, until, type Pair } from '../helper.js'
 
 // Issue 12: restarted empty (no persistence), Redis forgot every rotation and revocation: a
 // rotated token's replay, a revoked session, a logged-out-everywhere session and a stolen token
@@ -87,4 +87,49 @@ test('two instances on one Redis: the first to look writes the new epoch, the ot
   t.same(said.map((lines) => lines.length), [1, 1], 'each instance says it once')
   t.equal(said.flat().filter((message) => message.includes('another instance saw it first')).length, 1, 'one of them wrote the new epoch, the other found it')
   for (const app of apps) t.match((await refreshWith(app, old.refresh_token)).json(), { code: 'token_revoked' })
+})
+
+test('on a Cluster, one primary restarted empty is found out too, whichever shard it is', async (t) => {
+  const cluster = await startCluster(t, { masters: 3 })
+  const logs = new LogCapture()
+  const app = await build(t, { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes, LOG_LEVEL: 'info' }, logs)
+  // The shard to lose: not the one a single marker key (`<prefix>store:epoch`) would live on.
+  const slotOf = async (key: string): Promise<number> => Number(await redisCommand(cluster.servers[0]!.url, 'CLUSTER', 'KEYSLOT', key))
+  const ranges = await redisCommand(cluster.servers[0]!.url, 'CLUSTER', 'SLOTS') as Array<[number, number, [string, number]]>
+  const ownerOf = (slot: number): number => ranges.find(([from, to]) => slot >= from && slot <= to)?.[2][1] ?? -1
+  const markerOwner = ownerOf(await slotOf(`${app.config.redisKeyPrefix}store:epoch`))
+  const lost = cluster.servers.find((server) => server.port !== markerOwner)!
+  // A revoked session whose records live on that shard.
+  let sub = ''
+  for (let i = 0; sub === ''; i++) if (ownerOf(await slotOf(`x{user-${i}}`)) === lost.port) sub = `user-${i}`
+  const revoked = await issue(app, { sub })
+  t.equal((await app.inject({ method: 'POST', url: '/v1/tokens/revoke', payload: { token: revoked.refresh_token } })).statusCode, 200)
+  t.equal((await refreshWith(app, revoked.refresh_token)).json().code, 'token_revoked', 'revoked before the loss')
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+
+  await lost.stop()
+  await lost.start()
+  await until('the restarted primary to serve its slots again', async () => String(await redisCommand(lost.url, 'CLUSTER', 'INFO')).includes('cluster_state:ok'))
+  t.equal(await redisCommand(lost.url, 'DBSIZE'), 0, 'the premise: it came back empty')
+  await until('the loss to be found out', async () => logs.lines.some((line) => String(line['msg']).startsWith('store lost its data')), 5000)
+  t.equal((await refreshWith(app, revoked.refresh_token)).json().code, 'token_revoked', 'the session it forgot is still refused')
+  const other = await issue(app, { sub: 'after' })
+  t.equal((await refreshWith(app, other.refresh_token)).statusCode, 200, 'a pair issued after the loss refreshes')
+})
+
+test('on a Cluster, every slot\'s marker is kept alive while Rotor runs, not only the ones it reads', async (t) => {
+  const cluster = await startCluster(t, { masters: 3 })
+  const logs = new LogCapture()
+  // Markers live as long as the longest token: 4 s here.
+  const app = await build(t, { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes, LOG_LEVEL: 'info', ACCESS_TOKEN_TTL: '1s', REFRESH_TOKEN_TTL: '4s' }, logs)
+  await app.ready()
+  const markers = async (): Promise<number> => {
+    let count = 0
+    for (const server of cluster.servers) count += (await redisCommand(server.url, 'KEYS', `${app.config.redisKeyPrefix}store:epoch:*`) as string[]).length
+    return count
+  }
+  t.equal(await markers(), 16_384, 'one marker per slot')
+  await new Promise((resolve) => setTimeout(resolve, 5500))
+  t.equal(await markers(), 16_384, 'all of them still there after more than their life')
+  t.notOk(logs.lines.some((line) => String(line['msg']).startsWith('store lost its data')), 'and no loss was imagined')
 })
