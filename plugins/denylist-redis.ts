@@ -7,10 +7,11 @@ import type { StoreMarker } from './store-marker.js'
 /**
  * The rotation decision, atomically. KEYS: the jti's record, the session's revocation, the
  * subject's revocation, the successor's record. ARGV: now (ms), the jti's remaining life (ms),
- * grace (ms), the session's issuance (µs), enforce (1/0), the session revocation's life (ms), and
- * how long a rotation may still be in flight (ms). A subject's mark in seconds (before Rotor 0.2)
- * is read as the last microsecond of that second, as revokedUntilUs does. Answers the status, the
- * rotation's time, and 1 when the record is still unconfirmed.
+ * grace (ms), the session's issuance (µs), enforce (1/0), the session revocation's life (ms),
+ * how long a rotation may still be in flight (ms), and a deadline on Redis's own clock (ms). A
+ * subject's mark in seconds (before Rotor 0.2) is read as the last microsecond of that second, as
+ * revokedUntilUs does. Answers the status, the rotation's time, and 1 when the record is still
+ * unconfirmed.
  * The in-process store (denylist-memory.ts) makes the same decisions in the same order.
  *
  * A rotation is written unconfirmed (`-<ms>`) and confirmed (`<ms>`, CONFIRM) once Rotor has its
@@ -22,8 +23,17 @@ import type { StoreMarker } from './store-marker.js'
  * does: once the successor is rotated itself, a replay is a reuse. With REFRESH_REUSE_GRACE=0 an
  * unconfirmed rotation younger than the in-flight bound may still get its answer: a second
  * presentation then is a reuse, as without it.
+ *
+ * The deadline: a script that starts after Rotor gave up on it (a Redis that hung and woke, or a
+ * Cluster client that sent it again after its connection closed) runs for nobody, and it could
+ * meet a state its client moved past meanwhile (the successor, rotated by the client's retry): it
+ * writes nothing and answers an error. It is earlier than Rotor's command timeout.
  */
 const ROTATE = `
+local clock = redis.call('TIME')
+if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[8]) then
+  return redis.error_reply('ROTORLATE the rotation started after its deadline; nothing was recorded')
+end
 local rotated = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
 local at, unconfirmed = 0, false
@@ -65,6 +75,9 @@ return 1
 `
 
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
+/** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
+const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
+
 type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (key: string, atMs: string) => Promise<unknown>
@@ -100,6 +113,8 @@ export class RedisDenylist implements Denylist {
   private readonly marker: StoreMarker
   /** How long a rotation Rotor sent may still get its answer: its command timeout and WAIT. */
   private readonly inFlightMs: number
+  /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
+  private clockOffsetMs = 0
 
   constructor (client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker) {
     this.client = client
@@ -123,13 +138,22 @@ export class RedisDenylist implements Denylist {
     return kind === 'u' ? `${subject}:u` : `${subject}:${kind}:${id}`
   }
 
+  /** Measures Redis's clock against ours, to half a round trip. */
+  async syncClock (): Promise<void> {
+    const sent = Date.now()
+    const [seconds, micros] = await this.guard(this.client.time())
+    const received = Date.now()
+    this.clockOffsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - (sent + received) / 2
+  }
+
   async rotate (input: RotateInput): Promise<RotateOutcome> {
+    const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
     const subject = `${this.prefix}{${hashTag(input.sub)}}`
     const record = this.keyIn(subject, 'j', input.jti)
     const [status, at, unconfirmed] = await this.write('rotorRotate',
       record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
-      Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs
+      Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs, deadline
     ) as [string, string, number]
     if (status !== 'rotated' && status !== 'grace') return { status: status === 'revoked' ? 'revoked' : 'reused' }
     // The answer reached Rotor: confirm it. Not awaited, nor its failure a 503: a rotation left

@@ -77,7 +77,7 @@ async function redisStore (app: FastifyInstance, client: RedisClient, health: Re
   const store = new RedisDenylist(client, redisKeyPrefix, health, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }, marker)
   const onReady = async (): Promise<void> => {
     marker.forget()
-    await marker.check().catch(() => {})
+    await Promise.all([store.syncClock(), marker.check()]).catch(() => {})
   }
   client.on('ready', () => { onReady().catch(() => {}) })
   // A Cluster reconnects node by node: a primary that restarted (perhaps empty) is read again too,

@@ -414,7 +414,8 @@ export async function startCluster (t: Test & { testdir: () => string }, options
  * (a cut link); `silenceExisting()` does that to the connections open now only, while new ones
  * work (a firewall or NAT that lost their state: no FIN, no RST, ever); `heal()` ends either,
  * dropping the connections whose streams lost bytes. `delay(ms)` holds every chunk that long
- * each way (a slow link; bytes stay in order); `resetAfterReplyTo(text)` lets the next request
+ * each way (a slow link; bytes stay in order, and reach the server even if the client closed
+ * meanwhile); `resetAfterReplyTo(text)` lets the next request
  * containing `text` through, then drops its reply and resets the connection (a reply lost after
  * the server acted on the request).
  */
@@ -449,7 +450,12 @@ export class TcpProxy {
         downstream.resetAndDestroy()
         upstream.destroy()
       })
-      downstream.on('close', () => upstream.destroy())
+      // With a delay, what the client sent before it closed still reaches the server (as bytes in
+      // flight do), and only then is the server's side closed.
+      downstream.on('close', () => {
+        if (this.delayMs === 0) upstream.destroy()
+        else setTimeout(() => upstream.destroy(), this.delayMs + 100)
+      })
       upstream.on('close', () => downstream.destroy())
     })
   }

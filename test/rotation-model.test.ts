@@ -3,6 +3,7 @@ import { test } from 'tap'
 import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
+import { RedisDenylist } from '../plugins/denylist-redis.js'
 import { API_KEY, build, decodeJwt, type Pair } from './helper.js'
 
 /*
@@ -24,6 +25,8 @@ import { API_KEY, build, decodeJwt, type Pair } from './helper.js'
  * commands. Records can only outlive the simulated time they are meant for, never the reverse,
  * except a jti recorded with little life left: so with Redis, a rotation in a token's last
  * REDIS_SLACK_MS is not attempted (the in-process store covers those last moments exactly).
+ * The rotation script's deadline is on Redis's clock: the store's offset is re-measured before
+ * every refresh, as the app does at every connection.
  */
 
 const ACCESS_TTL_S = 30
@@ -251,6 +254,8 @@ class ModelRun {
     }
     const known = s.rotations.get(tok.jti)
     const expected: Expected[] = []
+    // The rotation script's deadline is on Redis's clock, measured against ours: measure it again.
+    if (this.app.denylist instanceof RedisDenylist) await this.app.denylist.syncClock()
     for (let i = 0; i < n; i++) expected.push(this.predictRefresh(s, tok))
     const responses = await Promise.all(Array.from({ length: n }, async () => this.post('/v1/tokens/refresh', { refresh_token: tok.token })))
     const outcomes = responses.map((response) => this.outcomeOf(response))

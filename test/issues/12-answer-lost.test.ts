@@ -98,3 +98,22 @@ test('with REFRESH_REUSE_GRACE=0, a rotation answered 503 is no reuse either onc
   const again = await refreshOver(setup.direct, setup.pair.refresh_token)
   t.equal(again.body['code'], 'token_reused', 'the next presentation, answered and confirmed, is a reuse: no grace window')
 })
+
+test('a rotation that reaches Redis after Rotor gave up on it writes nothing: it cannot revoke the session its client moved on with', async (t) => {
+  // What a Cluster client does when a connection closes under a command (it sends it again,
+  // perhaps after Rotor answered 503), made deterministic: the script is held in the proxy for
+  // 2.5 s while the client's retry, through the other instance, rotates twice.
+  const setup = await setUp(t, { REFRESH_REUSE_GRACE: '0' })
+  setup.proxy.delay(2500)
+  const sentAt = Date.now()
+  t.equal((await refreshOver(setup.viaProxy, setup.pair.refresh_token)).status, 503, 'Rotor gave up on it: 503')
+  const retried = await refreshOver(setup.direct, setup.pair.refresh_token)
+  t.equal(retried.status, 200, 'the retry, through the other instance')
+  const next = await refreshOver(setup.direct, String(retried.body['refresh_token']))
+  t.equal(next.status, 200, 'and the client moves on: the successor is rotated too')
+  t.ok(Date.now() - sentAt < 2500, 'all before the held script reaches Redis')
+  setup.proxy.delay(0)
+  await sleep(2500 - (Date.now() - sentAt) + 500)
+  const latest = await refreshOver(setup.direct, String(next.body['refresh_token']))
+  t.equal(latest.status, 200, 'the session is alive: the late script did not take the client\'s first token for a reuse')
+})
