@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -123,6 +123,7 @@ export class OwnRedis {
   async start (): Promise<void> {
     // ROTOR_TEST_REDIS_LOGS=<dir>: every server of the tests' own logs there, to read after a failure.
     const logs = process.env['ROTOR_TEST_REDIS_LOGS']
+    if (logs !== undefined) mkdirSync(logs, { recursive: true })
     const logging = logs === undefined ? [] : ['--logfile', join(logs, `redis-${this.port}-${Date.now()}.log`), '--loglevel', 'verbose']
     // A folder of its own, new at every start: a replica saves what it syncs there, and a server
     // must never load a dump an earlier server left (`--save ''` stops saving, not loading).
