@@ -51,16 +51,21 @@ class OneMarker implements Markers {
 }
 
 const SLOTS = 16_384
+/** Every MARKED_EVERYth slot holds a marker: 1,024 keys, each one command when written. */
+const MARKED_EVERY = 16
 let slotTags: string[] | null = null
 
-/** A hash tag for every Cluster slot: the first base-36 number that hashes there (computed once, ~20 ms). */
+/**
+ * A hash tag for every Cluster slot: the first base-36 number that hashes there (computed once,
+ * ~20 ms); '' for the slots that hold no marker.
+ */
 function tagsBySlot (): string[] {
   if (slotTags === null) {
-    const tags = new Array<string>(SLOTS)
-    for (let n = 0, left = SLOTS; left > 0; n++) {
+    const tags = new Array<string>(SLOTS).fill('')
+    for (let n = 0, left = SLOTS / MARKED_EVERY; left > 0; n++) {
       const tag = n.toString(36)
       const slot = keySlot(tag)
-      if (tags[slot] === undefined) {
+      if (slot % MARKED_EVERY === 0 && tags[slot] === '') {
         tags[slot] = tag
         left--
       }
@@ -71,22 +76,26 @@ function tagsBySlot (): string[] {
 }
 
 /**
- * On a Cluster, a shard can lose its data alone (a primary restarted empty): every slot holds a
- * marker (`<key>:{<tag>}`, 16,384 keys, ~1.5 MB in all), and each check reads one slot of every
- * primary. A slot moved by resharding takes its marker along, so any slot of a primary will do.
+ * On a Cluster, a shard can lose its data alone (a primary restarted empty): every 16th slot holds
+ * a marker (`<key>:{<tag>}`, 1,024 keys, ~100 KB in all), and each check reads one marked slot of
+ * every primary. A slot moved by resharding takes its marker along, so any marked slot of a
+ * primary will do; a primary that holds no marked slot (fewer than 16 slots in a row) is not
+ * watched. (One marker for every slot, 16,384 commands at each write, timed out on a busy machine.)
  * Markers are written together and kept alive together, when the ones read have half their life left.
  */
 class SlotMarkers implements Markers {
   private readonly client: Cluster
-  /** The marker of every slot, by slot. */
+  /** The markers, and the marker of each slot ('' where it has none). */
   private readonly keys: string[]
+  private readonly keyBySlot: string[]
   private readonly lifeMs: number
   /** Below this much life left, every marker is kept alive again: half their life, and never so
    * close to the end that the checks (every SILENCE_CHECK_MS) could miss the moment. */
   private readonly extendBelowMs: number
   constructor (client: Cluster, key: string, lifeMs: number) {
     this.client = client
-    this.keys = tagsBySlot().map((tag) => `${key}:{${tag}}`)
+    this.keyBySlot = tagsBySlot().map((tag) => tag === '' ? '' : `${key}:{${tag}}`)
+    this.keys = this.keyBySlot.filter((marker) => marker !== '')
     this.lifeMs = lifeMs
     this.extendBelowMs = Math.max(lifeMs / 2, 3 * SILENCE_CHECK_MS)
     client.defineCommand('rotorReadMarker', { numberOfKeys: 1, lua: READ })
@@ -104,12 +113,12 @@ class SlotMarkers implements Markers {
     return { created, epochMs: Math.max(...markers.map(([epoch]) => Number(epoch))) }
   }
 
-  /** The marker of the lowest slot of every primary (none while the slots are not known yet). */
+  /** The marker of the lowest marked slot of every primary (none while the slots are not known yet). */
   private representatives (): string[] {
     const primaries = new Map<string, string>()
-    this.keys.forEach((key, slot) => {
+    this.keyBySlot.forEach((key, slot) => {
       const primary = this.client.slots[slot]?.[0]
-      if (primary !== undefined && !primaries.has(primary)) primaries.set(primary, key)
+      if (key !== '' && primary !== undefined && !primaries.has(primary)) primaries.set(primary, key)
     })
     if (primaries.size === 0) throw new Error('the Cluster\'s slots are not known yet')
     return [...primaries.values()]
