@@ -74,10 +74,10 @@ if redis.call('GET', KEYS[1]) == '-' .. ARGV[1] then redis.call('SET', KEYS[1], 
 return 1
 `
 
-/** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 /** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
 const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 
+/** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (key: string, atMs: string) => Promise<unknown>
