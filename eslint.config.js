@@ -1,7 +1,7 @@
 import neostandard from 'neostandard'
 
 export default [
-  ...neostandard({ ts: true, ignores: ['dist/**', 'bench/results/**', 'test/fixtures/**', 'node_modules/**', '.tap/**'] }),
+  ...neostandard({ ts: true, ignores: ['dist/**', 'client/dist/**', 'bench/results/**', 'test/fixtures/**', 'node_modules/**', '.tap/**'] }),
   // `void promise` marks a promise deliberately not awaited (signal handlers, fire and forget).
   { rules: { 'no-void': ['error', { allowAsStatement: true }] } }
 ]

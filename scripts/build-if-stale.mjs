@@ -1,14 +1,19 @@
 // `npm start` runs this first: it compiles to dist/ only when a source is newer than the last
 // build (or there is none yet), so an unchanged tree starts at once instead of after ~10 s of tsc.
-// Plain JavaScript: it must run before anything is compiled.
+// `--client` does the same for the client package (client/dist/), which `npm test` builds first
+// (the tests import @rotor/client as users do, from its build). Plain JavaScript: it must run
+// before anything is compiled.
 import { spawnSync } from 'node:child_process'
 import { readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 const ROOT = new URL('..', import.meta.url).pathname
-const STAMP = join(ROOT, 'dist', '.built')
-const SOURCES = ['src', 'plugins', 'schemas', 'scripts', 'bench']
-const CONFIGS = ['tsconfig.json', 'tsconfig.build.json', 'package-lock.json']
+const TARGETS = {
+  server: { out: 'dist', sources: ['src', 'plugins', 'schemas', 'scripts', 'bench'], configs: ['tsconfig.json', 'tsconfig.build.json', 'package-lock.json'], project: 'tsconfig.build.json' },
+  client: { out: 'client/dist', sources: ['client/src'], configs: ['client/tsconfig.json', 'client/package.json'], project: 'client/tsconfig.json' }
+}
+const target = TARGETS[process.argv.includes('--client') ? 'client' : 'server']
+const STAMP = join(ROOT, target.out, '.built')
 
 /** The newest modification time (ms) of the TypeScript files under `dir`, 0 if there are none. */
 function newest (dir) {
@@ -38,13 +43,13 @@ function mtime (path) {
 // `--always` (npm run build): compile whatever the stamp says.
 const always = process.argv.includes('--always')
 const builtAt = mtime(STAMP)
-const changedAt = Math.max(...SOURCES.map((dir) => newest(join(ROOT, dir))), ...CONFIGS.map((file) => mtime(join(ROOT, file)) ?? 0))
+const changedAt = Math.max(...target.sources.map((dir) => newest(join(ROOT, dir))), ...target.configs.map((file) => mtime(join(ROOT, file)) ?? 0))
 if (!always && builtAt !== null && builtAt >= changedAt) process.exit(0)
 
-if (!always) process.stderr.write(builtAt === null ? 'rotor: compiling to dist/ (first start)\n' : 'rotor: sources changed since the last build: compiling to dist/\n')
+if (!always) process.stderr.write(builtAt === null ? `rotor: compiling to ${target.out}/ (first ${target === TARGETS.server ? 'start' : 'build'})\n` : `rotor: sources changed since the last build: compiling to ${target.out}/\n`)
 // Stamped before compiling: a file saved while tsc runs is newer than the stamp and rebuilds next time.
 const startedAt = new Date()
-const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { stdio: 'inherit' })
+const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, target.project)], { stdio: 'inherit' })
 if (tsc.status !== 0) process.exit(tsc.status ?? 1)
 writeFileSync(STAMP, `${startedAt.toISOString()}\n`)
 utimesSync(STAMP, startedAt, startedAt)
