@@ -1,8 +1,8 @@
 import { test } from 'tap'
-import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import type { Browser, BrowserContext, Page } from 'playwright-core'
+import { launchChromium } from './browser.js'
 import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair, type Test } from './helper.js'
 
 // A real browser against a real Rotor: Debian's Chromium, driven by playwright-core, loads a
@@ -10,7 +10,6 @@ import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair, type Tes
 // The site's own backend logs the user in by calling Rotor's issue route with the API key; the
 // page then talks to Rotor cross-origin with fetch, as a front end written for SimpleJWT does.
 
-const CHROMIUM = '/usr/bin/chromium'
 const SITE_PORT = 3000
 const SITE = `http://localhost:${SITE_PORT}`
 const PASSWORD = 'correct horse battery staple'
@@ -138,20 +137,6 @@ async function serve (t: Test, port: number, handler: ReturnType<typeof site>): 
   return address.port
 }
 
-async function launch (t: Test): Promise<Browser> {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} is not installed: the browser test needs Debian's Chromium ` +
-      '(apt-get install -y chromium; .ci/run installs it). Playwright cannot download browsers here.')
-  }
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  t.teardown(async () => { await browser.close() })
-  return browser
-}
-
 /** A fresh browser profile with one page open on `url`, closed with the test. */
 async function open (t: Test, browser: Browser, url: string, rotor: string): Promise<{ context: BrowserContext, page: Page }> {
   const context = await browser.newContext()
@@ -165,7 +150,7 @@ async function open (t: Test, browser: Browser, url: string, rotor: string): Pro
 }
 
 test('a real browser logs in, refreshes, survives an access-token expiry and logs out through Rotor with CORS', async (t) => {
-  const browser = await launch(t)
+  const browser = await launchChromium(t)
   const app = await build(t, { ACCESS_TOKEN_TTL, CORS_ORIGINS: SITE })
   const rotor = await listen(app)
   const html = (await readFile(PAGE_HTML, 'utf8')).replaceAll('%ROTOR_URL%', rotor)

@@ -223,7 +223,7 @@ test('a client gives up waiting after maxWaitSeconds with RotorUnavailableError,
   await c.setTokens({ access_token: 'a.b.c', refresh_token: 'r', expires_in: 0 })
   const error = await c.getAccessToken().catch((caught: unknown) => caught)
   t.type(error, RotorUnavailableError)
-  t.equal((error as RotorUnavailableError).code, 'network_error', 'nobody listens there')
+  t.match(error, { code: 'network_error', retryAfterMs: undefined }, 'nobody listens there (and so nobody said when to come back)')
   t.same(told.reasons, [])
   const again = await c.getAccessToken().catch((caught: unknown) => caught)
   t.type(again, RotorUnavailableError, 'the next call tries again (and the session is still there to try with)')
@@ -270,6 +270,14 @@ test('answers Rotor never gives on purpose: 429 and Retry-After, a 502, a 200 wi
     t.equal(server.seen.length, 5)
     const gaps = server.seen.slice(1).map((entry, index) => entry.at - (server.seen[index]?.at ?? 0))
     t.ok(gaps[0] !== undefined && gaps[0] >= 500 && gaps[1] !== undefined && gaps[1] >= 1000, `exponential backoff: ${gaps.join(', ')} ms`)
+  })
+
+  t.test('with maxWaitSeconds: 0 a server does not wait: it learns when Rotor asked to be called again', async (t) => {
+    const server = await scripted(t, [json(503, { code: 'denylist_unavailable' }, { 'retry-after': '2' })])
+    const c = client({ baseUrl: server.url, maxWaitSeconds: 0 })
+    await c.setTokens(pair)
+    t.match(await c.getAccessToken().catch((caught: unknown) => caught), { name: 'RotorUnavailableError', code: 'denylist_unavailable', retryAfterMs: 2000 })
+    t.equal(server.seen.length, 1)
   })
 
   t.test('a 404 (a wrong baseUrl) rejects with RotorRefusedError and signs nobody out', async (t) => {

@@ -127,7 +127,8 @@ export class OwnRedis {
     const logging = logs === undefined ? [] : ['--logfile', join(logs, `redis-${this.port}-${Date.now()}.log`), '--loglevel', 'verbose']
     // A folder of its own, new at every start: a replica saves what it syncs there, and a server
     // must never load a dump an earlier server left (`--save ''` stops saving, not loading).
-    this.dir = mkdtempSync(join(tmpdir(), `rotor-redis-${this.port}-`))
+    // Only a server brought down by `crash()` starts again in its folder, with what it wrote there.
+    this.dir ??= mkdtempSync(join(tmpdir(), `rotor-redis-${this.port}-`))
     this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...logging, ...this.args], {
       stdio: 'ignore', cwd: this.dir
     })
@@ -150,14 +151,22 @@ export class OwnRedis {
 
   /** Stops it by PID (SIGKILL: like a crash, nothing flushed). */
   async stop (): Promise<void> {
+    await this.crash()
+    if (this.dir !== null) rmSync(this.dir, { recursive: true, force: true })
+    this.dir = null
+  }
+
+  /**
+   * Kills it (SIGKILL) but keeps its folder: `start()` brings it back on the same port with what it
+   * had made durable there (all of it with `--appendonly yes --appendfsync always`).
+   */
+  async crash (): Promise<void> {
     const child = this.process
     if (child === null || child.exitCode !== null) return
     const exited = new Promise((resolve) => child.once('exit', resolve))
     child.kill('SIGKILL')
     await exited
     this.process = null
-    if (this.dir !== null) rmSync(this.dir, { recursive: true, force: true })
-    this.dir = null
   }
 
   /** Freezes it (SIGSTOP): connections stay open but nothing answers, like a hung server. */

@@ -67,9 +67,12 @@ export class RotorUnavailableError extends Error {
   override readonly name = 'RotorUnavailableError'
   /** Why: `denylist_unavailable`, `rate_limited`, `network_error`, `http_502`... */
   readonly code: string
-  constructor (code: string) {
+  /** Rotor's `Retry-After` on its last answer, in ms, when it sent one. */
+  readonly retryAfterMs: number | undefined
+  constructor (code: string, retryAfterMs?: number) {
     super(`Rotor could not refresh the session (${code}); the session is kept and the next call tries again`)
     this.code = code
+    this.retryAfterMs = retryAfterMs
   }
 }
 
@@ -231,7 +234,7 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
             retryNotBefore = Date.now() + delay
             return pair.access
           }
-          if (Date.now() + delay > deadline) throw new RotorUnavailableError(outcome.code)
+          if (Date.now() + delay > deadline) throw new RotorUnavailableError(outcome.code, outcome.retryAfterMs)
           await sleep(delay)
         }
       }

@@ -56,7 +56,9 @@ export function expiryOf (jwt: string): number | undefined {
 
 /**
  * The pair in either shape, with its access token's expiry: `expires_in` counted from `now` (so
- * a skewed clock on this machine does not matter), else the token's own `exp`, else now.
+ * a skewed clock on this machine does not matter) less a second, since `exp` counts from a
+ * whole second and the token may end up to a second before `expires_in` says; else the token's
+ * own `exp`; else now.
  */
 export function pairOf (input: TokenPairInput, now: number): Pair {
   const [access, refresh, expiresIn] = 'access_token' in input
@@ -65,7 +67,7 @@ export function pairOf (input: TokenPairInput, now: number): Pair {
   if (typeof access !== 'string' || typeof refresh !== 'string' || access === '' || refresh === '') {
     throw new TypeError('a token pair needs access_token and refresh_token (or access and refresh) as strings')
   }
-  const accessExpiresAt = typeof expiresIn === 'number' && Number.isFinite(expiresIn) ? now + expiresIn * 1000 : expiryOf(access) ?? now
+  const accessExpiresAt = typeof expiresIn === 'number' && Number.isFinite(expiresIn) ? now + (expiresIn - 1) * 1000 : expiryOf(access) ?? now
   return { access, refresh, accessExpiresAt, obtainedAt: now }
 }
 
