@@ -1,6 +1,7 @@
 /**
  * Auth.js (next-auth v5) keeping a Rotor session alive: the `jwt` callback refreshes the access
- * token through Rotor shortly before it expires.
+ * token through Rotor shortly before it expires, with `@rotor/client` (its one-refresh-at-a-time
+ * lock, its table of which answers sign out, its handling of Retry-After).
  *
  * This file needs no next-auth to type-check: the few Auth.js types it touches are declared
  * below. In a Next.js app, wire it up in `auth.ts`:
@@ -27,13 +28,15 @@
  * What the callback does with Rotor's answers:
  * - 200: the new pair replaces the old one (Rotor rotates the refresh token on every refresh);
  * - 401 (`token_reused`, `token_revoked`, `token_expired`, `token_invalid`; SimpleJWT's
- *   `token_not_valid`) and 400: the session is over. The Rotor tokens are dropped and
+ *   `token_not_valid`): the session is over. The Rotor tokens are dropped and
  *   `error: 'RefreshTokenError'` is set, so the app signs the user out. Never retry these: a
  *   replayed refresh token is exactly what reuse detection looks for;
  * - 503 (`denylist_unavailable`), 429 (`rate_limited`), another 5xx, a timeout, no connection:
  *   not the user's fault. The session is kept as it is, and Rotor is not asked again before its
  *   `Retry-After` has passed. The access token is still good for a while (the refresh starts
  *   `refreshMarginSeconds` early); once it has expired, backends answer 401 until a refresh works.
+ *   Any other answer (a 404 for a wrong `rotorUrl`, a 400) keeps the session too: only Rotor's
+ *   verdict on the token signs out.
  *
  * Where to call it from: refresh where the cookie can be written, i.e. in middleware (call
  * `auth()` there) or in route handlers. A refresh made while rendering a Server Component cannot
@@ -44,8 +47,12 @@
  * The Next.js server refreshes for every user from one address: list it in Rotor's
  * `RATE_LIMIT_ALLOW`, or all users share one rate-limit budget.
  *
- * Works in the Node and the Edge runtime (fetch, atob and AbortSignal.timeout only).
+ * Works in the Node and the Edge runtime (fetch, atob and AbortSignal.timeout only, here and in
+ * @rotor/client).
  */
+import { createRotorClient, expiryOf, type RotorStorage, type RotorUnavailableError, type StoredSession } from '@rotor/client'
+
+export { expiryOf }
 
 /** A Rotor token response (`POST /v1/tokens`, `POST /v1/tokens/refresh`). */
 export interface RotorPair {
@@ -117,21 +124,16 @@ export interface RotorRefreshOptions {
   timeoutMs?: number
   /** Wait this long after a 503/429/network error that gave no `Retry-After`. Default 5 s. */
   defaultRetryAfterSeconds?: number
+  /**
+   * How long this process hands a refresh's new pair to requests that bring the cookie it
+   * replaced (requests that were under way with the old cookie). Keep it at or below Rotor's
+   * `REFRESH_REUSE_GRACE`, which does the same across processes. Default 10; never less than
+   * `timeoutMs` and a second, so that the pair of a slow refresh is not forgotten before it is used.
+   */
+  reuseGraceSeconds?: number
   /** For tests. */
   fetch?: (input: string, init: RequestInit) => Promise<Response>
   now?: () => number
-}
-
-/** The access token's `exp` in ms, read without verifying (it came straight from Rotor). */
-export function expiryOf (accessToken: string): number | undefined {
-  try {
-    const part = accessToken.split('.')[1] ?? ''
-    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'))
-    const exp = (JSON.parse(json) as { exp?: unknown }).exp
-    return typeof exp === 'number' ? exp * 1000 : undefined
-  } catch {
-    return undefined
-  }
 }
 
 /** The token without anything this module added: Rotor's tokens, expiry, retry and error state. */
@@ -161,56 +163,78 @@ export type RefreshOutcome =
   | { kind: 'ended', code: string }
   | { kind: 'deferred', code: string, retryAfterSeconds: number }
 
-function retryAfterOf (response: Response, fallback: number): number {
-  const value = Number(response.headers.get('retry-after'))
-  return Number.isFinite(value) && value > 0 ? value : fallback
+/**
+ * The pairs this process's refreshes produced, by the refresh token they replaced, each kept for
+ * `keepMs`: a storage of the application's own for @rotor/client (read and write are all one
+ * needs). Requests that bring the same old cookie at once take turns on the client's lock and
+ * find the pair the first one got, instead of presenting the old refresh token again.
+ */
+export function successorStorage (keepMs: number): RotorStorage {
+  const records = new Map<string, { record: StoredSession, until: number }>()
+  const live = (key: string): StoredSession | undefined => {
+    const entry = records.get(key)
+    if ((entry?.until ?? Infinity) <= Date.now()) records.delete(key)
+    return records.get(key)?.record
+  }
+  return {
+    read: async (key) => live(key),
+    async write (key, value, expected) {
+      for (const key of records.keys()) live(key)
+      if (live(key)?.generation !== expected) return false
+      records.set(key, { record: value, until: Date.now() + keepMs })
+      return true
+    }
+  }
 }
 
-/** Calls Rotor once with the refresh token and says what came of it. Never throws. */
-export async function callRotor (refreshToken: string, options: RotorRefreshOptions): Promise<RefreshOutcome> {
-  const simplejwt = options.route === 'simplejwt'
+/**
+ * Refreshes `refreshToken` once and says what came of it. Never throws. Concurrent calls for the
+ * same token (with the same `storage`) make one request to Rotor and share its answer.
+ */
+export async function callRotor (refreshToken: string, options: RotorRefreshOptions, storage: RotorStorage): Promise<RefreshOutcome> {
   const now = options.now ?? Date.now
   const fallback = options.defaultRetryAfterSeconds ?? 5
-  const doFetch = options.fetch ?? fetch
-  let response: Response
-  let body: Record<string, unknown>
+  const client = createRotorClient({
+    baseUrl: options.rotorUrl,
+    routes: options.route ?? 'v1',
+    storage,
+    name: refreshToken,
+    // A request is waiting: never wait out an outage here, defer and let a later request try.
+    maxWaitSeconds: 0,
+    timeoutMs: options.timeoutMs ?? 5000,
+    ...(options.fetch === undefined ? {} : { fetch: options.fetch as typeof fetch })
+  })
+  // The first request with this cookie records its pair as due; the others find it recorded.
+  await storage.write(refreshToken, { generation: 1, pair: { access: '', refresh: refreshToken, accessExpiresAt: 0, obtainedAt: 0 } }, undefined)
   try {
-    response = await doFetch(`${options.rotorUrl.replace(/\/$/, '')}${simplejwt ? '/api/auth/token/refresh/' : '/v1/tokens/refresh'}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'application/json' },
-      body: JSON.stringify(simplejwt ? { refresh: refreshToken } : { refresh_token: refreshToken }),
-      // A POST: Next.js's fetch cache never keeps it.
-      signal: AbortSignal.timeout(options.timeoutMs ?? 5000)
-    })
-    body = await response.json().catch(() => ({})) as Record<string, unknown>
-  } catch {
-    // No answer at all (timeout, connection refused): Rotor may even have rotated. Retrying the
-    // same token later is safe within REFRESH_REUSE_GRACE, and after it Rotor says token_reused.
-    return { kind: 'deferred', code: 'network_error', retryAfterSeconds: fallback }
+    await client.getAccessToken()
+  } catch (error) {
+    // 503, 429, a 5xx, no answer (RotorUnavailableError, with Rotor's Retry-After when it sent
+    // one); an answer that is no verdict on the token, such as a 404 (RotorRefusedError): not the
+    // user's fault. The session is kept and a later request asks again.
+    const { code, retryAfterMs } = error as RotorUnavailableError
+    return { kind: 'deferred', code, retryAfterSeconds: (retryAfterMs ?? fallback * 1000) / 1000 }
   }
-  const code = typeof body['code'] === 'string' ? body['code'] : `http_${response.status}`
-  if (response.status === 200) {
-    const access = simplejwt ? body['access'] : body['access_token']
-    const refresh = simplejwt ? body['refresh'] : body['refresh_token']
-    if (typeof access !== 'string' || typeof refresh !== 'string') return { kind: 'deferred', code: 'bad_response', retryAfterSeconds: fallback }
-    const expiresIn = body['expires_in']
-    const expires = typeof expiresIn === 'number' ? now() + expiresIn * 1000 : expiryOf(access) ?? now()
-    return { kind: 'refreshed', access, refresh, expires }
+  // The storage keeps every record for longer than a refresh can take, so it is still there.
+  const record = await storage.read(refreshToken) as StoredSession
+  if (record.pair === undefined) {
+    // Signed out: 401 token_reused, token_revoked, token_expired, token_invalid (token_not_valid).
+    return { kind: 'ended', code: String(record.signedOut) }
   }
-  // 401: the refresh token is dead (reused, revoked, expired, invalid); 400: there is none to send.
-  if (response.status === 401 || response.status === 400) return { kind: 'ended', code }
-  // 503 denylist_unavailable, 429 rate_limited, a 5xx of a proxy: try again later.
-  return { kind: 'deferred', code, retryAfterSeconds: retryAfterOf(response, fallback) }
+  // The client counts expiry on this machine's clock; `now` may be the caller's own.
+  return { kind: 'refreshed', access: record.pair.access, refresh: record.pair.refresh, expires: now() + record.pair.accessExpiresAt - Date.now() }
 }
 
 /**
  * The `jwt` callback. Concurrent calls for the same refresh token in this process share one
- * request to Rotor (across processes, Rotor's grace window gives them the same pair).
+ * request to Rotor, and calls that bring it within `reuseGraceSeconds` get the pair it produced
+ * (across processes, Rotor's grace window does the same).
  */
 export function createJwtCallback (options: RotorRefreshOptions): (params: JwtCallbackParams) => Promise<RotorJWT> {
   const now = options.now ?? Date.now
   const margin = options.refreshMarginSeconds ?? 60
-  const inFlight = new Map<string, Promise<RefreshOutcome>>()
+  // Records outlive the longest refresh (timeoutMs), so a refresh's new pair is never lost.
+  const successors = successorStorage(Math.max((options.reuseGraceSeconds ?? 10) * 1000, (options.timeoutMs ?? 5000) + 1000))
 
   return async function jwt ({ token, user }: JwtCallbackParams): Promise<RotorJWT> {
     // Sign-in: authorize() returned the pair Rotor issued for this user.
@@ -220,14 +244,7 @@ export function createJwtCallback (options: RotorRefreshOptions): (params: JwtCa
     }
     const decision = decide(token, now(), margin)
     if (decision !== 'refresh') return token
-    const refreshToken = token.refreshToken as string
-
-    let pending = inFlight.get(refreshToken)
-    if (pending === undefined) {
-      pending = callRotor(refreshToken, options).finally(() => inFlight.delete(refreshToken))
-      inFlight.set(refreshToken, pending)
-    }
-    const outcome = await pending
+    const outcome = await callRotor(token.refreshToken as string, options, successors)
     switch (outcome.kind) {
       case 'refreshed':
         return withPair(token, outcome.access, outcome.refresh, outcome.expires)
