@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { Denylist } from '../plugins/denylist.js'
+import type { Denylist } from '../plugins/store/index.js'
 import type { Keyring } from '../plugins/keyring.js'
 import type { Config } from './config.js'
 

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { MemoryDenylist } from '../plugins/denylist-memory.js'
+import { MemoryDenylist } from '../plugins/store/memory.js'
 import { API_KEY, build, introspectToken, issue, refreshWith, type Pair } from './helper.js'
 
 const ISSUED_US = 1_796_000_000_000_000

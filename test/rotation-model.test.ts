@@ -3,7 +3,7 @@ import { test } from 'tap'
 import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
-import { RedisDenylist } from '../plugins/denylist-redis.js'
+import { RedisDenylist } from '../plugins/store/redis.js'
 import { API_KEY, build, decodeJwt, type Pair } from './helper.js'
 
 /*

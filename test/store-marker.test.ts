@@ -3,7 +3,7 @@ import { pino } from 'pino'
 import { Cluster, Redis } from 'ioredis'
 import { StoreUnavailableError } from '../src/errors.js'
 import { RedisHealth } from '../plugins/redis.js'
-import { StoreMarker } from '../plugins/store-marker.js'
+import { StoreMarker } from '../plugins/store/marker.js'
 import { freePort, LogCapture, startRedis } from './helper.js'
 
 // The store marker's own decisions, on clients built by hand: what a failed read does to an epoch

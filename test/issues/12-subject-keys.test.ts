@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { API_KEY, build, issue, refreshWith } from '../helper.js'
-import { hashTag } from '../../plugins/denylist-redis.js'
+import { hashTag } from '../../plugins/store/redis.js'
 import { mintPair, newSession, randomId } from '../../src/tokens.js'
 
 // Issue 12: a subject with a lone UTF-16 surrogate shared its records with its U+FFFD form

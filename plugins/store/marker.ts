@@ -1,8 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { Cluster } from 'ioredis'
 import keySlot from 'cluster-key-slot'
-import { StoreUnavailableError } from '../src/errors.js'
-import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from './redis.js'
+import { StoreUnavailableError } from '../../src/errors.js'
+import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from '../redis.js'
 
 /**
  * KEYS: the marker. ARGV: now (ms), its life (ms). The marker holds when this store began: found,

@@ -1,5 +1,5 @@
-import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './denylist.js'
 import { revokedUntilUs } from './subject-marks.js'
+import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
 
 interface Entry { value: number, expiresAtMs: number }
 

@@ -1,63 +1,14 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { Cluster, type Redis } from 'ioredis'
-import type { Config } from '../src/config.js'
-import { MemoryDenylist } from './denylist-memory.js'
-import { RedisDenylist } from './denylist-redis.js'
-import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from './redis.js'
-import { StoreMarker } from './store-marker.js'
+import type { Config } from '../../src/config.js'
+import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from '../redis.js'
+import { StoreMarker } from './marker.js'
+import { MemoryDenylist } from './memory.js'
+import { RedisDenylist } from './redis.js'
+import type { Denylist } from './types.js'
 
-/** What the store knows of one token: enough to find every record that could refuse it. */
-export interface TokenRef {
-  sub: string
-  sid: string
-  jti: string
-  /** The session's issuance time (µs), compared with a subject-wide revocation. */
-  issuedUs: number
-}
-
-export interface RotateInput extends TokenRef {
-  /** The id the successor refresh token gets (derived): once it is rotated too, the window is over. */
-  childJti: string
-  nowMs: number
-  /** How long the rotated jti must stay recorded: the old token's remaining life. */
-  ttlMs: number
-  graceMs: number
-  /** false: shadow mode, a reuse revokes nothing. */
-  enforce: boolean
-  /** How long a session revocation must last for every token of the session to have expired. */
-  sessionTtlMs: number
-}
-
-export type RotateOutcome =
-  | { status: 'rotated' | 'grace', rotatedAtMs: number }
-  | { status: 'reused' | 'revoked' }
-
-export type TokenState = 'active' | 'revoked' | 'rotated'
-
-/**
- * The denylist. Every method either does all it says or throws StoreUnavailableError; every key
- * it writes has a TTL. `rotate` is one atomic step: check the session, check and record the jti,
- * decide reuse.
- */
-export interface Denylist {
-  rotate: (input: RotateInput) => Promise<RotateOutcome>
-  state: (ref: TokenRef) => Promise<TokenState>
-  revokeToken: (ref: TokenRef, ttlMs: number) => Promise<void>
-  revokeSession: (ref: TokenRef, ttlMs: number) => Promise<void>
-  /** Every session of `sub` issued at or before `untilUs` is revoked (the mark only moves forward). */
-  revokeSubject: (sub: string, untilUs: number, ttlMs: number) => Promise<void>
-  /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
-  consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
-  /**
-   * When the store began (ms since the epoch): its data holds nothing older. 0 for the in-process
-   * store (it lives and dies with the process); throws StoreUnavailableError while not known.
-   */
-  epoch: () => number
-  /** Resolves when the store answers; throws StoreUnavailableError otherwise. */
-  ping: () => Promise<void>
-  close: () => void
-}
+export type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
