@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
-import { AppError } from '../src/errors.js'
+import { AppError } from './errors.js'
 
 function digest (key: string): Buffer {
   return createHash('sha256').update(key).digest()

@@ -1,5 +1,61 @@
+// The settings' shape (src/config.ts reads them from the environment), and the plugin that hands
+// them to every other plugin and route.
 import fp from 'fastify-plugin'
-import type { Config } from '../src/config.js'
+
+export const ALGORITHMS = ['EdDSA', 'ES256', 'RS256', 'HS256'] as const
+export type Algorithm = typeof ALGORITHMS[number]
+
+export interface HostPort { host: string, port: number }
+
+export type RedisSetting =
+  | { kind: 'memory' }
+  | { kind: 'single', url: string }
+  | { kind: 'cluster', nodes: HostPort[] }
+  | { kind: 'sentinel', sentinels: HostPort[], name: string }
+
+/** Every setting of the contract, parsed and checked. Durations are in seconds. */
+export interface Config {
+  port: number
+  host: string
+  /** The ops listener (/metrics, /health/*), or null: everything on `port`. */
+  managementPort: number | null
+  managementHost: string
+  /** Processes serving requests (node:cluster); 1: this process alone. */
+  workers: number
+  logLevel: string
+  isProduction: boolean
+  redis: RedisSetting
+  redisKeyPrefix: string
+  /** After every denylist write, wait for this many replicas to confirm it (Redis WAIT); 0: do not wait. */
+  redisWaitReplicas: number
+  redisWaitTimeoutMs: number
+  denylistEnabled: boolean
+  rotateRefreshTokens: boolean
+  accessTokenTtl: number
+  refreshTokenTtl: number
+  sessionMaxTtl: number | null
+  refreshReuseGrace: number
+  reuseDetection: 'enforce' | 'log'
+  leeway: number
+  jwtAlgorithm: Algorithm
+  jwtKeysFile: string | null
+  jwtActiveKid: string | null
+  jwtSecret: string | null
+  jwtIssuer: string
+  jwtAudience: string[]
+  apiKeys: string[]
+  /** Set when no API_KEYS were given outside production: the one key generated at start. */
+  generatedApiKey: string | null
+  corsOrigins: string[]
+  rateLimitMax: number
+  rateLimitWindow: number
+  trustProxy: string[] | null
+  rateLimitAllow: string[]
+  compatSimpleJwt: boolean
+  legacySimpleJwtSigningKey: string | null
+  /** When Redis lost its data: refuse refresh tokens minted before, or accept them. */
+  storeLoss: 'refuse' | 'accept'
+}
 
 declare module 'fastify' {
   interface FastifyInstance {

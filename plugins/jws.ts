@@ -1,5 +1,5 @@
 import { createHmac, createPrivateKey, createSecretKey, sign, type KeyObject } from 'node:crypto'
-import type { Algorithm } from '../src/config.js'
+import type { Algorithm } from './config.js'
 
 /**
  * A compact-JWS signer for one key, built once: the protected header is encoded once, the key

@@ -2,7 +2,8 @@ import {
   createHash, createPrivateKey, createPublicKey, generateKeyPairSync, hkdfSync, randomBytes, type KeyObject
 } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { ConfigError, type Algorithm, type Config } from '../src/config.js'
+import type { Algorithm, Config } from './config.js'
+import { ConfigError } from './errors.js'
 
 export interface PublicJwk { kty: string, kid: string, alg: string, use: string, [member: string]: unknown }
 

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import { ERROR_CODES } from '../src/errors.js'
+import { ERROR_CODES } from './errors.js'
 
 // package.json is one folder up from plugins/ in a checkout, two from dist/plugins/ when built.
 const PACKAGE = [new URL('../package.json', import.meta.url), new URL('../../package.json', import.meta.url)].filter((url) => existsSync(url))

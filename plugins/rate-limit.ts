@@ -1,8 +1,8 @@
 import fp from 'fastify-plugin'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { Config } from '../src/config.js'
-import { AppError } from '../src/errors.js'
+import type { Config } from './config.js'
+import { AppError } from './errors.js'
 import { createRedisClient, recycleWhenSilent } from './redis.js'
 
 /**

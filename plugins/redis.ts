@@ -1,7 +1,8 @@
 import fp from 'fastify-plugin'
 import { Redis, Cluster, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Config, RedisSetting } from '../src/config.js'
+import type { Config, RedisSetting } from './config.js'
+import { StartupError } from './errors.js'
 
 export type RedisClient = Redis | Cluster
 
@@ -152,11 +153,6 @@ export class RedisHealth {
     if (confirming) this.log.info('store durable again: Redis replicas confirm denylist writes')
     else this.log.error({ reason: detail }, 'store not durable: Redis replicas do not confirm denylist writes (REDIS_WAIT_REPLICAS); refresh and revoke answer 503 denylist_unavailable until they do')
   }
-}
-
-/** A reason not to start at all, as opposed to a Redis that is merely not there yet. */
-export class StartupError extends Error {
-  override name = 'StartupError'
 }
 
 /** Says whether Redis's eviction policy may drop revocations; false when CONFIG cannot be read. */

@@ -12,7 +12,8 @@ import { closeSync, existsSync, fchownSync, fsyncSync, openSync, readFileSync, r
 import { basename, dirname, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import { ALGORITHMS, ConfigError, parseDuration, type Algorithm } from '../src/config.js'
+import { ALGORITHMS, parseDuration, type Algorithm } from '../src/config.js'
+import { ConfigError } from '../plugins/errors.js'
 import { generatePrivateKey, JWKS_MAX_AGE, KTY, parseKeysFile, RETIRING_SINCE, STAGED_SINCE } from '../plugins/key-material.js'
 
 export type Jwk = Record<string, unknown>

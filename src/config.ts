@@ -1,70 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
+import { ALGORITHMS, type Config, type HostPort, type RedisSetting } from '../plugins/config.js'
+import { ConfigError } from '../plugins/errors.js'
 
-export const ALGORITHMS = ['EdDSA', 'ES256', 'RS256', 'HS256'] as const
-export type Algorithm = typeof ALGORITHMS[number]
-
-export interface HostPort { host: string, port: number }
-
-export type RedisSetting =
-  | { kind: 'memory' }
-  | { kind: 'single', url: string }
-  | { kind: 'cluster', nodes: HostPort[] }
-  | { kind: 'sentinel', sentinels: HostPort[], name: string }
-
-/** Every setting of the contract, parsed and checked. Durations are in seconds. */
-export interface Config {
-  port: number
-  host: string
-  /** The ops listener (/metrics, /health/*), or null: everything on `port`. */
-  managementPort: number | null
-  managementHost: string
-  /** Processes serving requests (node:cluster); 1: this process alone. */
-  workers: number
-  logLevel: string
-  isProduction: boolean
-  redis: RedisSetting
-  redisKeyPrefix: string
-  /** After every denylist write, wait for this many replicas to confirm it (Redis WAIT); 0: do not wait. */
-  redisWaitReplicas: number
-  redisWaitTimeoutMs: number
-  denylistEnabled: boolean
-  rotateRefreshTokens: boolean
-  accessTokenTtl: number
-  refreshTokenTtl: number
-  sessionMaxTtl: number | null
-  refreshReuseGrace: number
-  reuseDetection: 'enforce' | 'log'
-  leeway: number
-  jwtAlgorithm: Algorithm
-  jwtKeysFile: string | null
-  jwtActiveKid: string | null
-  jwtSecret: string | null
-  jwtIssuer: string
-  jwtAudience: string[]
-  apiKeys: string[]
-  /** Set when no API_KEYS were given outside production: the one key generated at start. */
-  generatedApiKey: string | null
-  corsOrigins: string[]
-  rateLimitMax: number
-  rateLimitWindow: number
-  trustProxy: string[] | null
-  rateLimitAllow: string[]
-  compatSimpleJwt: boolean
-  legacySimpleJwtSigningKey: string | null
-  /** When Redis lost its data: refuse refresh tokens minted before, or accept them. */
-  storeLoss: 'refuse' | 'accept'
-}
-
-/** A bad setting: the message names every variable at fault and what it expects. */
-export class ConfigError extends Error {
-  readonly problems: string[]
-  constructor (problems: string[]) {
-    super(`invalid settings:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
-    this.name = 'ConfigError'
-    this.problems = problems
-  }
-}
+export { ALGORITHMS, type Algorithm, type Config, type HostPort, type RedisSetting } from '../plugins/config.js'
 
 const UNITS: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }
 

@@ -1,62 +1,8 @@
-import { createVerifier, TokenError } from 'fast-jwt'
-import { TokenRejectedError } from './errors.js'
+import { TokenRejectedError } from '../plugins/errors.js'
+import type { LegacyRefreshToken, LegacyTokens } from '../plugins/legacy-tokens.js'
 import { remainingLifeMs, type TokenContext } from './context.js'
 import { clockUs, mintPair, newSession, randomId } from './tokens.js'
 import { refresh, type Refreshed } from './rotation.js'
-
-/** What Rotor reads of a refresh token minted by djangorestframework-simplejwt. */
-export interface LegacyRefreshToken {
-  sub: string
-  jti: string
-  exp: number
-}
-
-/**
- * Refresh tokens of the old Django service (SimpleJWT: HS256 under Django's signing key,
- * `token_type: refresh`, `user_id`, a header with no `kid`), accepted once each so that moving
- * to Rotor logs nobody out.
- */
-export class LegacyTokens {
-  private readonly verifier: (token: string) => Record<string, unknown>
-
-  constructor (signingKey: string, leeway: number) {
-    this.verifier = createVerifier({
-      key: signingKey,
-      algorithms: ['HS256'],
-      clockTolerance: leeway * 1000,
-      requiredClaims: ['token_type', 'exp', 'jti', 'user_id']
-    })
-  }
-
-  /**
-   * The legacy token's claims; null when the token is not one (Rotor's own tokens carry a `kid`,
-   * SimpleJWT's never do); throws TokenRejectedError for a legacy token that does not verify.
-   */
-  read (token: unknown): LegacyRefreshToken | null {
-    if (typeof token !== 'string' || hasKid(token)) return null
-    let payload: Record<string, unknown>
-    try {
-      payload = this.verifier(token)
-    } catch (error) {
-      if ((error as TokenError).code === TokenError.codes.expired) throw new TokenRejectedError('token_expired', 'the token has expired')
-      throw new TokenRejectedError('token_invalid', 'not a valid token')
-    }
-    const userId = payload['user_id']
-    if (payload['token_type'] !== 'refresh' || (typeof userId !== 'string' && typeof userId !== 'number') || typeof payload['jti'] !== 'string') {
-      throw new TokenRejectedError('token_invalid', 'not a SimpleJWT refresh token')
-    }
-    return { sub: String(userId), jti: payload['jti'], exp: payload['exp'] as number }
-  }
-}
-
-function hasKid (token: string): boolean {
-  try {
-    const header: unknown = JSON.parse(Buffer.from(token.slice(0, token.indexOf('.')), 'base64url').toString())
-    return typeof header !== 'object' || header === null || 'kid' in header
-  } catch {
-    return true
-  }
-}
 
 /**
  * Exchanges a legacy refresh token for a new Rotor session, once: its jti is recorded for as

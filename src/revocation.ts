@@ -1,4 +1,4 @@
-import { AppError, TokenRejectedError } from './errors.js'
+import { AppError, TokenRejectedError } from '../plugins/errors.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
 import { clockUs, sessionOf } from './tokens.js'
 import type { Payload } from '../plugins/keyring.js'

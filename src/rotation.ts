@@ -1,4 +1,4 @@
-import { TokenRejectedError } from './errors.js'
+import { TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
 import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
 
@@ -59,12 +59,13 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
   switch (outcome.status) {
     case 'revoked':
       throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
-    case 'reused':
-      ctx.log.warn({ event: 'token.reuse', ...token, enforced: config.reuseDetection === 'enforce' },
-        config.reuseDetection === 'enforce'
-          ? 'a rotated refresh token was presented again: its session is revoked'
-          : 'a rotated refresh token was presented again (REUSE_DETECTION=log: nothing revoked)')
-      throw new TokenRejectedError('token_reused', 'this refresh token was already used; the session is revoked', token)
+    case 'reused': {
+      const enforced = config.reuseDetection === 'enforce'
+      ctx.log.warn({ event: 'token.reuse', ...token, enforced }, enforced
+        ? 'a rotated refresh token was presented again: its session is revoked'
+        : 'a rotated refresh token was presented again (REUSE_DETECTION=log: nothing revoked)')
+      throw new TokenReusedError(token, enforced)
+    }
     default: {
       // A retry gets the rotation's refresh token again. Its access token too within the window;
       // a later retry (of a rotation answered 503, see the store) gets a fresh one.

@@ -2,9 +2,9 @@ import cluster from 'node:cluster'
 import { existsSync } from 'node:fs'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.js'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { loadConfig, type Config } from './config.js'
+import { ConfigError, StartupError } from '../plugins/errors.js'
 import { clusterMetrics, runPrimary } from './workers.js'
-import { StartupError } from '../plugins/redis.js'
 
 // The only file that reads process.env, listens, and handles signals.
 if (existsSync('.env')) process.loadEnvFile('.env')

@@ -4,7 +4,8 @@ import { chownSync, existsSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
-import { ConfigError, type Algorithm } from '../src/config.js'
+import type { Algorithm } from '../src/config.js'
+import { ConfigError } from '../plugins/errors.js'
 import { loadKeyMaterial, RETIRING_SINCE, STAGED_SINCE } from '../plugins/key-material.js'
 import {
   defaultMinAge, generate, main, readKeys, retire, rotate, USAGE, writeKeys, type Jwk, type KeysDocument

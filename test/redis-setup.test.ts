@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { buildApp } from '../src/app.js'
-import { StartupError } from '../plugins/redis.js'
+import { StartupError } from '../plugins/errors.js'
 import { build, freePort, issue, LogCapture, OwnRedis, startRedis, testConfig } from './helper.js'
 
 async function messages (logs: LogCapture, level: number): Promise<string[]> {

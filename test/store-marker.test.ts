@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { pino } from 'pino'
 import { Cluster, Redis } from 'ioredis'
-import { StoreUnavailableError } from '../src/errors.js'
+import { StoreUnavailableError } from '../plugins/errors.js'
 import { RedisHealth } from '../plugins/redis.js'
 import { StoreMarker } from '../plugins/store/marker.js'
 import { freePort, LogCapture, startRedis } from './helper.js'

@@ -3,7 +3,8 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { request } from 'node:http'
 import { fileURLToPath } from 'node:url'
-import { loadConfig, ConfigError } from '../src/config.js'
+import { loadConfig } from '../src/config.js'
+import { ConfigError } from '../plugins/errors.js'
 import { API_KEY, REDIS_URL, deletePrefix, freePort, until, type Test } from './helper.js'
 
 const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url))

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { Cluster, type Redis } from 'ioredis'
-import type { Config } from '../../src/config.js'
+import type { Config } from '../config.js'
 import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import { StoreMarker } from './marker.js'
 import { MemoryDenylist } from './memory.js'

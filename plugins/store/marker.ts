@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { Cluster } from 'ioredis'
 import keySlot from 'cluster-key-slot'
-import { StoreUnavailableError } from '../../src/errors.js'
+import { StoreUnavailableError } from '../errors.js'
 import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from '../redis.js'
 
 /**

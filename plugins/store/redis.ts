@@ -1,4 +1,4 @@
-import { StoreUnavailableError } from '../../src/errors.js'
+import { StoreUnavailableError } from '../errors.js'
 import { COMMAND_TIMEOUT_MS, recycleIfSilent, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
 import { CONFIRM, REVOKE_SUBJECT, ROTATE } from './scripts.js'

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { HealthSchema } from '../../schemas/health.js'
-import { StoreUnavailableError } from '../errors.js'
+import { StoreUnavailableError } from '../../plugins/errors.js'
 
 const healthRoutes: FastifyPluginAsyncTypebox = async function healthRoutes (app) {
   app.get('/health/live', {

@@ -3,18 +3,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorResponses } from '../../schemas/errors.js'
 import { SimpleErrorSchema, SimpleFieldErrorsSchema, SimplePairSchema, SimpleRefreshBodySchema, SimpleTokenBodySchema } from '../../schemas/simplejwt.js'
 import { contextOf } from '../context.js'
-import { AppError, errorHandler, recordError, toAppError, TokenRejectedError } from '../errors.js'
+import { AppError, errorHandler, FieldError, recordError, toAppError, TokenRejectedError } from '../../plugins/errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
-
-/** A DRF field error: `400 {"<field>": ["<message>"]}`. */
-class FieldError extends Error {
-  readonly field: string
-  constructor (field: string, message: string) {
-    super(message)
-    this.field = field
-  }
-}
 
 /** The field's string value, or a DRF-shaped 400 as djangorestframework-simplejwt would answer. */
 function requiredString (body: Record<string, unknown>, field: string): string {

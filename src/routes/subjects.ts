@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errorResponses, EmptySchema } from '../../schemas/errors.js'
 import { SubjectParamsSchema } from '../../schemas/tokens.js'
 import { contextOf } from '../context.js'
-import { AppError } from '../errors.js'
+import { AppError } from '../../plugins/errors.js'
 import { revokeSubject } from '../revocation.js'
 
 const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (app) {
