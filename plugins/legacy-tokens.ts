@@ -2,6 +2,7 @@ import { createVerifier, TokenError } from 'fast-jwt'
 import fp from 'fastify-plugin'
 import type { Config } from './config.js'
 import { TokenRejectedError } from './errors.js'
+import type { Payload } from './keyring.js'
 
 /** What Rotor reads of a refresh token minted by djangorestframework-simplejwt. */
 export interface LegacyRefreshToken {
@@ -28,11 +29,10 @@ export class LegacyTokens {
   }
 
   /**
-   * The legacy token's claims; null when the token is not one (Rotor's own tokens carry a `kid`,
-   * SimpleJWT's never do); throws TokenRejectedError for a legacy token that does not verify.
+   * The claims of a token whose header says it is SimpleJWT's (see {@link isLegacyHeader});
+   * throws TokenRejectedError when it does not verify.
    */
-  read (token: unknown): LegacyRefreshToken | null {
-    if (typeof token !== 'string' || hasKid(token)) return null
+  read (token: string): LegacyRefreshToken {
     let payload: Record<string, unknown>
     try {
       payload = this.verifier(token)
@@ -48,13 +48,9 @@ export class LegacyTokens {
   }
 }
 
-function hasKid (token: string): boolean {
-  try {
-    const header: unknown = JSON.parse(Buffer.from(token.slice(0, token.indexOf('.')), 'base64url').toString())
-    return typeof header !== 'object' || header === null || 'kid' in header
-  } catch {
-    return true
-  }
+/** Rotor's own tokens carry a `kid`; SimpleJWT's never do. */
+export function isLegacyHeader (header: Payload | null): boolean {
+  return header !== null && !('kid' in header)
 }
 
 declare module 'fastify' {

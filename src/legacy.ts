@@ -1,8 +1,8 @@
 import { TokenRejectedError } from '../plugins/errors.js'
-import type { LegacyRefreshToken, LegacyTokens } from '../plugins/legacy-tokens.js'
+import type { LegacyRefreshToken } from '../plugins/legacy-tokens.js'
 import { remainingLifeMs, type TokenContext } from './context.js'
 import { clockUs, mintPair, newSession, randomId } from './tokens.js'
-import { refresh, type Refreshed } from './rotation.js'
+import type { Refreshed } from './rotation.js'
 
 /**
  * Exchanges a legacy refresh token for a new Rotor session, once: its jti is recorded for as
@@ -19,10 +19,4 @@ export async function exchangeLegacy (ctx: TokenContext, legacy: LegacyRefreshTo
   const ids = { access: randomId(), refresh: randomId() }
   ctx.log.info({ event: 'token.legacy_exchanged', sub: legacy.sub, sid: session.sid, jti: ids.refresh, previous_jti: legacy.jti }, 'a SimpleJWT refresh token was exchanged for a Rotor session')
   return { pair: mintPair(ctx.keyring, ctx.config, session, nowSec, ids, nowSec), session, previousJti: legacy.jti, refreshJti: ids.refresh, isRetry: false }
-}
-
-/** A refresh: of a legacy token when it is one (and legacy tokens are accepted), else of Rotor's own. */
-export async function refreshOrExchange (ctx: TokenContext, legacy: LegacyTokens | null, presented: unknown, nowMs = Date.now()): Promise<Refreshed> {
-  const old = legacy === null ? null : legacy.read(presented)
-  return old === null ? refresh(ctx, presented, nowMs) : exchangeLegacy(ctx, old, nowMs)
 }

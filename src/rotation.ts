@@ -1,4 +1,5 @@
 import { TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
+import type { Payload } from '../plugins/keyring.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
 import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
 
@@ -18,9 +19,9 @@ export interface Refreshed {
  * time: a retry within the grace window re-derives the very same pair, so however many tabs
  * refresh at once, one refresh token lives on.
  */
-export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Date.now()): Promise<Refreshed> {
+export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null): Promise<Refreshed> {
   const { keyring, denylist, config } = ctx
-  const { payload, key } = keyring.verify(presented, 'refresh', nowMs)
+  const { payload, key } = keyring.verify(presented, 'refresh', nowMs, header)
   const session = sessionOf(payload)
   const previousJti = payload['jti'] as string
   const nowSec = Math.floor(nowMs / 1000)
