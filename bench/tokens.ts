@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { loadConfig, type Config } from '../src/config.js'
 import { Keyring } from '../plugins/keyring.js'
 import { loadKeyMaterial } from '../plugins/key-material.js'
-import { mintAccessToken, mintRefreshToken, newSession, randomId } from '../src/tokens.js'
+import { mintAccessToken, mintRefreshToken, newSession, randomId } from '../src/minting.js'
 
 /** How many distinct users the minted tokens belong to (each token is its own session). */
 export const SUBJECTS = 100_000

@@ -9,6 +9,15 @@ import type { Algorithm } from './config.js'
  * own claims is node:crypto and nothing more. fast-jwt's signer re-encodes the header and runs
  * two regular expressions over each token, about a tenth of a refresh on the profile.
  * The output is what fast-jwt produced: header members alg, typ, kid in that order.
+ *
+ * @param options.algorithm - `EdDSA`, `ES256`, `RS256` (a PEM private key) or `HS256` (a secret)
+ * @param options.kid - the key's id, as the JWKS publishes it (refresh tokens: a kid never published)
+ * @param options.typ - the `typ` header: `at+jwt` for access tokens (RFC 9068), `JWT` for refresh tokens
+ * @returns a function from claims to a compact JWS; it throws only on a key that does not fit the algorithm
+ *
+ * @example
+ * const sign = createJwsSigner({ algorithm: 'EdDSA', key: privateKeyPem, kid: 'k1', typ: 'at+jwt' })
+ * const token = sign({ iss: 'rotor', sub: 'alice', exp: Math.floor(Date.now() / 1000) + 900 })
  */
 export function createJwsSigner (options: { algorithm: Algorithm, key: string | Buffer, kid: string, typ: string }): (payload: Record<string, unknown>) => string {
   const { algorithm, kid, typ } = options

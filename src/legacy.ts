@@ -1,7 +1,7 @@
 import { TokenRejectedError } from '../plugins/errors.js'
 import type { LegacyRefreshToken } from '../plugins/legacy-tokens.js'
 import { remainingLifeMs, type TokenContext } from './context.js'
-import { clockUs, mintPair, newSession, randomId } from './tokens.js'
+import { clockUs, mintPair, newSession, randomId } from './minting.js'
 import type { Refreshed } from './rotation.js'
 
 /**

@@ -1,6 +1,6 @@
 import { AppError, TokenRejectedError } from '../plugins/errors.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
-import { clockUs, sessionOf } from './tokens.js'
+import { clockUs, sessionOf } from './minting.js'
 import type { Payload } from '../plugins/keyring.js'
 
 function requireDenylist (ctx: TokenContext): void {

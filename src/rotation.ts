@@ -1,7 +1,7 @@
 import { TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
 import type { Payload } from '../plugins/keyring.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
-import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './tokens.js'
+import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './minting.js'
 
 export interface Refreshed {
   pair: TokenPair
@@ -18,6 +18,18 @@ export interface Refreshed {
  * derived from it (HMAC with a key only Rotor holds), and its `iat` is the recorded rotation
  * time: a retry within the grace window re-derives the very same pair, so however many tabs
  * refresh at once, one refresh token lives on.
+ *
+ * @param ctx - the keyring, the store, the settings and the request's logger
+ * @param presented - the refresh token as the client sent it (anything: it is verified here)
+ * @param nowMs - the time of the request, in ms (tests pass their own)
+ * @param header - the token's JOSE header when the caller has read it already (see `tokenHeader`)
+ * @returns the new pair (or, for a retry within the grace window, the same one again), its session and the jtis
+ * @throws TokenRejectedError `token_invalid`, `token_expired`, `token_revoked`, or `TokenReusedError` for a reuse
+ * @throws StoreUnavailableError when the store cannot be reached (answered 503; the token stays good)
+ *
+ * @example
+ * const { pair, isRetry } = await refresh(contextOf(request), body.refresh_token)
+ * reply.send(pair) // { access_token, refresh_token, token_type, expires_in, refresh_expires_in }
  */
 export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null): Promise<Refreshed> {
   const { keyring, denylist, config } = ctx

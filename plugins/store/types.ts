@@ -35,6 +35,22 @@ export type TokenState = 'active' | 'revoked' | 'rotated'
  * decide reuse.
  */
 export interface Denylist {
+  /**
+   * Rotates a refresh token, in one atomic step: refuses it if its session or subject is revoked,
+   * records its jti (with `ttlMs`, the token's remaining life) and decides whether a second
+   * presentation is a retry within the grace window or a reuse (which revokes the session when
+   * `enforce` is set).
+   *
+   * @param input - the token's ids, the successor's jti, the clock and the window's settings
+   * @returns `rotated` (first presentation) or `grace` (a retry; `rotatedAtMs` is the first
+   * rotation's time, from which the same successor is derived); `reused` or `revoked`
+   * @throws StoreUnavailableError when the store cannot be reached or did not confirm the write
+   *
+   * @example
+   * const outcome = await denylist.rotate({ sub, sid, jti, issuedUs, childJti, nowMs: Date.now(),
+   *   ttlMs: 3_600_000, graceMs: 10_000, enforce: true, sessionTtlMs: 7 * 86_400_000 })
+   * if (outcome.status === 'reused') throw new TokenReusedError({ sub, sid, jti }, true)
+   */
   rotate: (input: RotateInput) => Promise<RotateOutcome>
   state: (ref: TokenRef) => Promise<TokenState>
   revokeToken: (ref: TokenRef, ttlMs: number) => Promise<void>

@@ -7,7 +7,7 @@ import { AppError } from '../../plugins/errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
-import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../tokens.js'
+import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../minting.js'
 
 /** The audience of a new session: the one asked for (if allowed), else the configured default. */
 function audienceOf (config: Config, asked: string | string[] | undefined): string | string[] | undefined {

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { API_KEY, REDIS_URL, build, introspectToken, issue, redisCommand, refreshWith, type Pair } from '../helper.js'
-import { mintPair, randomId } from '../../src/tokens.js'
+import { mintPair, randomId } from '../../src/minting.js'
 
 // Issue 12: "log out everywhere" compared seconds, so a session issued in the same second as the
 // revocation was revoked too (59 of 59): "revoke all on password change, then issue a pair for

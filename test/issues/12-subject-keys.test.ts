@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { API_KEY, build, issue, refreshWith } from '../helper.js'
 import { hashTag } from '../../plugins/store/redis.js'
-import { mintPair, newSession, randomId } from '../../src/tokens.js'
+import { mintPair, newSession, randomId } from '../../src/minting.js'
 
 // Issue 12: a subject with a lone UTF-16 surrogate shared its records with its U+FFFD form
 // (Redis keeps UTF-8, where both are the same bytes): revoking one logged the other out. And a `}`
