@@ -12,7 +12,7 @@ import type { Algorithm } from './config.js'
  *
  * @param options.algorithm - `EdDSA`, `ES256`, `RS256` (a PEM private key) or `HS256` (a secret)
  * @param options.kid - the key's id, as the JWKS publishes it (refresh tokens: a kid never published)
- * @param options.typ - the `typ` header: `at+jwt` for access tokens (RFC 9068), `JWT` for refresh tokens
+ * @param options.typ - the `typ` header: `at+jwt` for access tokens (RFC 9068), `rt+jwt` for refresh tokens
  * @returns a function from claims to a compact JWS; it throws only on a key that does not fit the algorithm
  *
  * @example
