@@ -10,9 +10,17 @@ import type { Denylist } from './types.js'
 
 export type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
 
+/**
+ * Where the store is, decided once here and read everywhere else: `redis` (the denylist in
+ * Redis), `memory` (no Redis at all: the denylist, if on, lives in this process), `off` (Redis
+ * is there for the rate limit, the denylist is off).
+ */
+export type StoreKind = 'redis' | 'memory' | 'off'
+
 declare module 'fastify' {
   interface FastifyInstance {
     denylist: Denylist
+    storeKind: StoreKind
   }
 }
 
@@ -48,8 +56,11 @@ export default fp(async function denylistPlugin (app, opts: { config: Config }) 
   // With the denylist off nothing is recorded or refused: no Redis store, and no marker in Redis
   // either (the contract: no record there but rate-limit counters).
   const { redis, redisHealth } = app
-  const denylist = redis === null || redisHealth === null || !opts.config.denylistEnabled ? new MemoryDenylist() : await redisStore(app, redis, redisHealth, opts.config)
-  if (app.redis === null && opts.config.denylistEnabled) {
+  const withRedis = redis !== null && redisHealth !== null
+  const kind: StoreKind = !withRedis ? 'memory' : opts.config.denylistEnabled ? 'redis' : 'off'
+  const denylist = withRedis && kind === 'redis' ? await redisStore(app, redis, redisHealth, opts.config) : new MemoryDenylist()
+  app.decorate('storeKind', kind)
+  if (kind === 'memory' && opts.config.denylistEnabled) {
     app.log.warn('no REDIS_URL: the denylist is in this process only; run one instance only, and revocations are lost on restart')
   }
   app.decorate('denylist', denylist)

@@ -10,7 +10,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async function healthRoutes (app
   app.get('/health/ready', {
     schema: { summary: 'Ready for traffic: 503 while a store it needs does not answer', tags: ['health'], response: { 200: HealthSchema, 503: HealthSchema } }
   }, async (_request, reply) => {
-    if (!app.config.denylistEnabled || app.redis === null) return { status: 'ok', store: app.redis === null ? 'memory' : 'not needed' }
+    if (app.storeKind !== 'redis') return { status: 'ok', store: app.storeKind === 'memory' ? 'memory' : 'not needed' }
     try {
       await app.denylist.ping()
       return { status: 'ok', store: 'redis' }
