@@ -30,6 +30,7 @@ export async function buildManagementApp (app: FastifyInstance): Promise<Fastify
   management.decorate('config', app.config)
   management.decorate<RedisClient | null>('redis', app.redis)
   management.decorate('denylist', app.denylist)
+  management.decorate('storeKind', app.storeKind)
   management.decorate('metrics', app.metrics)
   await management.register(healthRoutes)
   await management.register(metricsRoutes)
