@@ -160,7 +160,9 @@ test('the verify-backend runs as a program, settings from the environment, and s
 })
 
 test('a front end calling the verify-backend through @rotor/client: its 401 for an expired access token makes the client refresh once and send the call again', async (t) => {
-  const app = await build(t, { ACCESS_TOKEN_TTL: '1s' })
+  // 2 s: the first token is past its exp 2.1 s after it was issued, and the refreshed one, whose
+  // exp counts from a whole second, still has more than a second to live when it is sent.
+  const app = await build(t, { ACCESS_TOKEN_TTL: '2s' })
   const rotorUrl = await listen(app)
   const backend = await verifyBackend(t, rotorUrl)
   let refreshes = 0

@@ -121,6 +121,9 @@ async function post (options: WireOptions, path: string, body: unknown): Promise
  */
 export async function refresh (options: WireOptions, refreshToken: string): Promise<Outcome> {
   const simplejwt = options.routes === 'simplejwt'
+  // The new token's life counts from before the request: Rotor issued it later than this, so the
+  // client never counts it as living longer than it does (however long the answer took).
+  const sentAt = options.now()
   let response: Response
   let body: Record<string, unknown>
   try {
@@ -132,7 +135,7 @@ export async function refresh (options: WireOptions, refreshToken: string): Prom
   const code = typeof body['code'] === 'string' ? body['code'] : `http_${response.status}`
   if (response.status === 200) {
     try {
-      return { kind: 'rotated', pair: pairOf(body as TokenPairInput, options.now()) }
+      return { kind: 'rotated', pair: pairOf(body as TokenPairInput, sentAt) }
     } catch {
       // A 200 without a pair is not Rotor talking (a captive portal, a misrouted proxy).
       return { kind: 'retry', code: 'bad_response' }
