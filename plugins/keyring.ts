@@ -211,10 +211,11 @@ export class Keyring {
 }
 
 /**
- * A token's JOSE header, read without verifying anything: null when it is not a JSON object.
- * Read once per request and handed to `verify`.
+ * A token's JOSE header, read without verifying anything: null when it is not a JSON object (or
+ * the token is longer than any Rotor accepts: nothing is decoded for it). Read once per request.
  */
 export function tokenHeader (token: string): Payload | null {
+  if (token.length > MAX_TOKEN_LENGTH) return null
   try {
     const header: unknown = JSON.parse(Buffer.from(token.slice(0, token.indexOf('.')), 'base64url').toString())
     return typeof header === 'object' && header !== null ? header as Payload : null

@@ -132,6 +132,8 @@ test('legacy tokens are refused when forged, of the wrong type, expired, or with
   t.equal((await refreshWith(app, signed(jsonHeader, claims))).json().code, 'token_invalid', 'no user_id')
   t.equal((await refreshWith(app, signed(Buffer.from('"JWT"').toString('base64url'), { ...claims, user_id: 1 }))).json().code, 'token_invalid', 'a header that is no object')
   t.equal((await refreshWith(app, signed(Buffer.from('{nope').toString('base64url'), { ...claims, user_id: 1 }))).json().code, 'token_invalid', 'a header that is no JSON')
+  const long = signed(jsonHeader, { ...claims, user_id: 1, padding: 'x'.repeat(8192) })
+  t.equal((await refreshWith(app, long)).json().code, 'token_invalid', 'a legacy token longer than any Rotor accepts (8,192 characters) is not even decoded, let alone exchanged')
   const unset = await build(t)
   t.equal((await refreshWith(unset, simpleJwtRefresh(1))).json().code, 'token_invalid', 'without the setting a legacy token is just invalid')
 })

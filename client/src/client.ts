@@ -100,7 +100,7 @@ function defaultStorage (): RotorStorage {
   return (globalThis as { indexedDB?: unknown }).indexedDB === undefined ? memoryStorage() : indexedDbStorage()
 }
 
-function positive (value: number | undefined, fallback: number, option: string): number {
+function nonNegative (value: number | undefined, fallback: number, option: string): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) throw new TypeError(`createRotorClient: ${option} must be a number ≥ 0`)
   return value
@@ -114,11 +114,11 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
   /** A storage this client made is this client's to close. */
   const ownStorage = options.storage === undefined
   const key = options.name ?? 'default'
-  const marginMs = positive(options.refreshBeforeExpirySeconds, 30, 'refreshBeforeExpirySeconds') * 1000
-  const maxWaitMs = positive(options.maxWaitSeconds, 60, 'maxWaitSeconds') * 1000
-  const maxRetryAfterMs = positive(options.maxRetryAfterSeconds, 30, 'maxRetryAfterSeconds') * 1000
+  const marginMs = nonNegative(options.refreshBeforeExpirySeconds, 30, 'refreshBeforeExpirySeconds') * 1000
+  const maxWaitMs = nonNegative(options.maxWaitSeconds, 60, 'maxWaitSeconds') * 1000
+  const maxRetryAfterMs = nonNegative(options.maxRetryAfterSeconds, 30, 'maxRetryAfterSeconds') * 1000
   const fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init))
-  const wire: WireOptions = { baseUrl: options.baseUrl, routes, fetch: fetchImpl, timeoutMs: positive(options.timeoutMs, 10_000, 'timeoutMs'), now: Date.now }
+  const wire: WireOptions = { baseUrl: options.baseUrl, routes, fetch: fetchImpl, timeoutMs: nonNegative(options.timeoutMs, 10_000, 'timeoutMs'), now: Date.now }
   let lock = storage.lock
   if (lock === undefined) {
     lock = ownLocks.get(storage) ?? inProcessLock()

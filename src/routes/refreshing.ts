@@ -8,11 +8,11 @@ import { refresh, type Refreshed } from '../rotation.js'
 /** A refresh as both refresh routes answer it: rotated (or a legacy token exchanged), counted, logged once. */
 export async function refreshFor (request: FastifyRequest, presented: string): Promise<Refreshed> {
   const ctx = contextOf(request)
-  // The header is read once: it says whether this is a SimpleJWT token to exchange (while the
-  // migration's key is set), and the keyring picks Rotor's verifier by its kid.
-  const header = tokenHeader(presented)
+  // Only while the migration's key is set does the header decide between exchange and refresh;
+  // it is then read once, here, and handed to the keyring (which otherwise reads it itself).
   const { legacyTokens } = request.server
-  const result = legacyTokens !== null && isLegacyHeader(header)
+  const header = legacyTokens === null ? undefined : tokenHeader(presented)
+  const result = legacyTokens !== null && isLegacyHeader(header ?? null)
     ? await exchangeLegacy(ctx, legacyTokens.read(presented))
     : await refresh(ctx, presented, Date.now(), header)
   request.server.metrics.refreshed.inc({ retry: String(result.isRetry) })
