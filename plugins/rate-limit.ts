@@ -1,9 +1,7 @@
 import fp from 'fastify-plugin'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
-import type { FastifyRequest, onRequestHookHandler } from 'fastify'
-import type { Config } from './config.js'
+import type { FastifyRequest, onRequestHookHandler, preParsingHookHandler } from 'fastify'
 import { AppError } from './errors.js'
-import { createRedisClient, recycleWhenSilent } from './redis.js'
 
 /**
  * The limiter's own Redis connection gives up sooner than the denylist's: while Redis hangs, a
@@ -12,55 +10,73 @@ import { createRedisClient, recycleWhenSilent } from './redis.js'
  */
 const RATE_LIMIT_COMMAND_TIMEOUT_MS = 250
 
+/**
+ * The budget a route's requests spend. `client-ip`, every route's unless it says otherwise: one
+ * per client address. `api-key`, the backend routes': one per API key, and one per address for
+ * requests that bring no valid key (counted apart, so bad keys never spend a browser's budget).
+ */
+export type Budget = 'client-ip' | 'api-key'
+
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The budget this route's requests spend; `client-ip` when unset. `rateLimit: false` spends none. */
+    budget?: Budget
+  }
   interface FastifyInstance {
-    /** One budget per client IP, shared by refresh, revoke and the SimpleJWT routes. */
-    publicRateLimit: onRequestHookHandler
-    /** One budget per API key (per IP for requests with no valid key), shared by the backend routes. */
-    backendRateLimit: onRequestHookHandler
-    /** The onRequest hooks of every backend route, in order: who is calling, their budget, then 401 if no one. */
-    backendGuards: onRequestHookHandler[]
+    /**
+     * What a backend route spreads into its options, fresh for each route: the API-key budget,
+     * who is calling (onRequest, before the limit), then 401 unless someone is (preParsing: after
+     * every onRequest hook, so a wrong key is counted before it is refused; before the body is read).
+     */
+    backendRoute: () => { config: { budget: 'api-key' }, onRequest: onRequestHookHandler[], preParsing: preParsingHookHandler[] }
   }
 }
 
+export interface RateLimitOptions {
+  /** Requests per budget per window. */
+  max: number
+  windowSeconds: number
+  /** Client addresses exempt from the per-address budget. */
+  allow: string[]
+  /** Where the counters live in Redis: `<keyPrefix>rl:<budget key>`. */
+  keyPrefix: string
+}
+
+/** The Redis key of a request's budget, under `<prefix>rl:`: `ip:<address>`, `key:<client>` or `anon:<address>`. */
+function budgetKey (request: FastifyRequest): string {
+  // IPv4-mapped IPv6 addresses (::ffff:1.2.3.4, as Node reports clients when listening on ::)
+  // count as the IPv4 address; other IPv6 clients are counted per /64, the block one host owns.
+  if (request.routeOptions.config.budget !== 'api-key') return `ip:${normalizeIP(request.ip)}`
+  return request.client ?? `anon:${normalizeIP(request.ip)}`
+}
+
 /**
+ * Every route is limited unless it opts out (`config: { rateLimit: false }`: health, JWKS,
+ * metrics), so a route added tomorrow cannot be left open by forgetting. Routes registered before
+ * this plugin (the docs, the CORS preflight route) are not; preflights are answered by the CORS
+ * hook before any route's hook runs anyway.
+ *
  * Budgets live in Redis when there is one, so every instance behind a load balancer counts
  * against the same numbers. If Redis fails, requests are let through rather than refused: the
  * routes that need the store answer 503 on their own, and issuing must keep working.
  */
-export default fp(async function rateLimitPlugin (app, opts: { config: Config }) {
-  const { config } = opts
-  const redis = config.redis.kind === 'memory' ? null : createRedisClient(config.redis, RATE_LIMIT_COMMAND_TIMEOUT_MS)
-  if (redis !== null) {
-    redis.on('error', () => {}) // the redis plugin's client already reports Redis's health
-    // Not there yet (a sidecar starting first): the limiter lets requests through until it is.
-    await Promise.race([redis.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000).unref())])
-    const stopWatching = recycleWhenSilent(redis)
-    app.addHook('onClose', async () => {
-      stopWatching()
-      redis.disconnect()
-    })
-  }
+export default fp(async function rateLimitPlugin (app, opts: RateLimitOptions) {
+  const redis = app.connectRedis === null ? null : await app.connectRedis(RATE_LIMIT_COMMAND_TIMEOUT_MS)
+  const allowed = new Set(opts.allow.map((address) => normalizeIP(address, 128)))
   await app.register(rateLimit, {
-    global: false,
-    max: config.rateLimitMax,
-    timeWindow: config.rateLimitWindow * 1000,
+    global: true,
+    max: opts.max,
+    timeWindow: opts.windowSeconds * 1000,
     skipOnError: true,
-    ...(redis === null ? {} : { redis, nameSpace: `${config.redisKeyPrefix}rl:` }),
+    ...(redis === null ? {} : { redis, nameSpace: `${opts.keyPrefix}rl:` }),
+    keyGenerator: budgetKey,
+    allowList: (request: FastifyRequest, key: string) => key.startsWith('ip:') && allowed.has(normalizeIP(request.ip, 128)),
     errorResponseBuilder: (_request, context) =>
       new AppError('rate_limited', `rate limit exceeded, retry in ${context.after}`)
   })
-  // IPv4-mapped IPv6 addresses (::ffff:1.2.3.4, as Node reports clients when listening on ::)
-  // count as the IPv4 address; other IPv6 clients are counted per /64, the block one host owns.
-  const allowed = new Set(config.rateLimitAllow.map((address) => normalizeIP(address, 128)))
-  app.decorate('publicRateLimit', app.rateLimit({
-    keyGenerator: (request: FastifyRequest) => `ip:${normalizeIP(request.ip)}`,
-    allowList: (request: FastifyRequest) => allowed.has(normalizeIP(request.ip, 128))
+  app.decorate('backendRoute', () => ({
+    config: { budget: 'api-key' as const },
+    onRequest: [app.identifyClient],
+    preParsing: [app.requireClient]
   }))
-  // The library keeps every limiter made this way under one Redis namespace: the keys of the
-  // two budgets must differ ("anon:" is not "ip:"), or bad API keys would spend a browser's budget.
-  app.decorate('backendRateLimit', app.rateLimit({
-    keyGenerator: (request: FastifyRequest) => request.client ?? `anon:${normalizeIP(request.ip)}`
-  }))
-  app.decorate('backendGuards', [app.identifyClient, app.backendRateLimit, app.requireClient])
-}, { name: 'rate-limit', dependencies: ['api-keys'], fastify: '5.x' })
+}, { name: 'rate-limit', dependencies: ['api-keys', 'redis'], fastify: '5.x' })

@@ -189,6 +189,13 @@ declare module 'fastify' {
     /** The Redis client, or null when Rotor runs with its in-process store. */
     redis: RedisClient | null
     redisHealth: RedisHealth | null
+    /**
+     * Opens another connection to the same Redis for a user that must give up sooner than the
+     * store (the rate limiter: `commandTimeout` ms); null when there is no Redis. It waits for the
+     * connection as the store's does, is watched for silence, and is closed with the app. Its
+     * errors are not reported: the store's own connection says how Redis is.
+     */
+    connectRedis: ((commandTimeout: number) => Promise<RedisClient>) | null
   }
 }
 
@@ -202,12 +209,14 @@ async function notBefore (ms: number, reason: string): Promise<never> {
 
 export default fp(async function redisPlugin (app, opts: { config: Config }) {
   const { config } = opts
-  if (config.redis.kind === 'memory') {
+  const setting = config.redis
+  if (setting.kind === 'memory') {
     app.decorate('redis', null)
     app.decorate('redisHealth', null)
+    app.decorate('connectRedis', null)
     return
   }
-  const client = createRedisClient(config.redis)
+  const client = createRedisClient(setting)
   const health = new RedisHealth(app.log)
   let started = false
   client.on('ready', () => {
@@ -219,6 +228,18 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   client.on('close', () => { health.down('connection closed') })
   app.decorate<RedisClient | null>('redis', client)
   app.decorate<RedisHealth | null>('redisHealth', health)
+  app.decorate('connectRedis', async function connectRedis (commandTimeout: number) {
+    const other = createRedisClient(setting, commandTimeout)
+    other.on('error', () => {})
+    // Not there yet (a sidecar starting first): its user goes on without it until it is.
+    await Promise.race([other.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, CONNECT_WAIT_MS).unref())])
+    const stopWatching = recycleWhenSilent(other)
+    app.addHook('onClose', async () => {
+      stopWatching()
+      other.disconnect()
+    })
+    return other
+  })
 
   // A sidecar may start before its Redis: give it a moment, then go on not-ready and keep trying
   // in the background (a cluster or sentinel client may neither connect nor fail for a while).

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { test } from 'tap'
 import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
+import { ApiKeys } from '../plugins/api-keys.js'
 import { API_KEY, OTHER_API_KEY, REDIS_URL, build, issue, startRedis, type Pair } from './helper.js'
 
 type InjectResponse = import('light-my-request').Response
@@ -152,16 +153,35 @@ test('preflight OPTIONS requests do not count against the per-IP budget', async 
   t.equal(header(response, 'x-ratelimit-remaining'), '2', 'and it is only the first request counted')
 })
 
-test('health and JWKS are not rate limited', async (t) => {
+test('health, JWKS, metrics and the docs are not rate limited', async (t) => {
   const app = await build(t, { RATE_LIMIT_MAX: '1' })
   await spend(app, 2)
-  for (const url of ['/health/live', '/health/ready', '/.well-known/jwks.json']) {
+  for (const url of ['/health/live', '/health/ready', '/.well-known/jwks.json', '/metrics', '/openapi.json', '/docs/']) {
     for (let i = 0; i < 5; i++) {
       const response = await app.inject({ method: 'GET', url })
       t.equal(response.statusCode, 200, `${url} #${i + 1}`)
       t.equal(response.headers['x-ratelimit-limit'], undefined, `${url} carries no rate-limit headers`)
     }
   }
+})
+
+test('a route added without a word about limits spends the per-IP budget; one that opts out spends none', async (t) => {
+  const app = await build(t, { RATE_LIMIT_MAX: MAX })
+  app.post('/v1/added-later', async () => ({}))
+  app.get('/v1/added-later/open', { config: { rateLimit: false } }, async () => ({}))
+  const statuses: number[] = []
+  for (let i = 0; i < 4; i++) statuses.push((await app.inject({ method: 'POST', url: '/v1/added-later', payload: {} })).statusCode)
+  t.same(statuses, [200, 200, 200, 429], 'limited by default')
+  t.equal((await refresh(app)).statusCode, 429, 'and in the same budget as the other public routes')
+  const open = await app.inject({ method: 'GET', url: '/v1/added-later/open' })
+  t.equal(open.statusCode, 200, 'the route that opted out is served')
+  t.equal(open.headers['x-ratelimit-limit'], undefined)
+})
+
+test('an unknown route is answered 404 without spending the budget', async (t) => {
+  const app = await build(t, { RATE_LIMIT_MAX: MAX })
+  for (let i = 0; i < 5; i++) t.equal((await app.inject({ method: 'GET', url: '/nope' })).statusCode, 404)
+  t.equal(header(await refresh(app), 'x-ratelimit-remaining'), '2')
 })
 
 test('the backend budget is per API key: one key exhausted does not affect another', async (t) => {
@@ -210,8 +230,8 @@ test('a wrong API key gets 401 invalid_client until the per-IP budget is spent, 
   t.equal((await issueWith(app, API_KEY, { remoteAddress: '10.0.1.1' })).statusCode, 200, 'a valid key from the limited IP is not affected')
 })
 
-// The backend limiter counts requests without a valid key under `ip:<address>`, the very key the
-// public limiter uses; with Redis both limiters write the same Redis key, in memory they do not.
+// Requests without a valid key are counted per address too, but under `anon:<address>`, not the
+// public budget's `ip:<address>`: in Redis and in memory alike.
 test('wrong API keys do not spend the public per-IP budget of that address (Redis)', async (t) => {
   const app = await build(t, { RATE_LIMIT_MAX: MAX })
   for (let i = 0; i < 3; i++) t.equal((await issueWith(app, WRONG_KEY)).statusCode, 401)
@@ -326,16 +346,19 @@ test('instances with different key prefixes keep separate budgets', async (t) =>
   t.equal((await refresh(b)).statusCode, 401)
 })
 
-test('rate-limit counters in Redis live under REDIS_KEY_PREFIX and expire with the window', async (t) => {
+test('rate-limit counters in Redis are named for their budget, live under REDIS_KEY_PREFIX and expire with the window', async (t) => {
   const prefix = uniquePrefix()
   const app = await build(t, { REDIS_KEY_PREFIX: prefix, RATE_LIMIT_MAX: MAX, RATE_LIMIT_WINDOW: '30s' })
   await refresh(app)
-  await issueWith(app, API_KEY)
+  t.equal((await issueWith(app, API_KEY)).statusCode, 200)
+  await issueWith(app, WRONG_KEY)
   const redis = new Redis(REDIS_URL)
   t.teardown(() => { redis.disconnect() })
   // Rate-limit counters only (the denylist's store marker lives as long as the longest token).
-  const keys = (await redis.keys(`${prefix}*`)).filter((key) => !key.endsWith(':store:epoch'))
-  t.ok(keys.length >= 2, `counters are written under the prefix: ${keys.join(' ')}`)
+  const keys = (await redis.keys(`${prefix}*`)).filter((key) => !key.endsWith(':store:epoch')).sort()
+  const client = String(new ApiKeys([API_KEY]).identify(API_KEY))
+  t.same(keys, [`${prefix}rl:anon:127.0.0.1`, `${prefix}rl:ip:127.0.0.1`, `${prefix}rl:${client}`].sort(),
+    'one counter per budget: the address, the API key, the address of calls without a valid key')
   for (const key of keys) {
     const ttl = await redis.pttl(key)
     t.ok(ttl > 0 && ttl <= 30_000, `${key} expires within the window (pttl ${ttl})`)

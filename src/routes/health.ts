@@ -4,10 +4,12 @@ import { StoreUnavailableError } from '../../plugins/errors.js'
 
 const healthRoutes: FastifyPluginAsyncTypebox = async function healthRoutes (app) {
   app.get('/health/live', {
+    config: { rateLimit: false },
     schema: { summary: 'The process runs', tags: ['health'], response: { 200: HealthSchema } }
   }, async () => ({ status: 'ok' }))
 
   app.get('/health/ready', {
+    config: { rateLimit: false },
     schema: { summary: 'Ready for traffic: 503 while a store it needs does not answer', tags: ['health'], response: { 200: HealthSchema, 503: HealthSchema } }
   }, async (_request, reply) => {
     if (app.storeKind !== 'redis') return { status: 'ok', store: app.storeKind === 'memory' ? 'memory' : 'not needed' }

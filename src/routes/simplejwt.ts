@@ -58,7 +58,6 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
   app.setErrorHandler(simpleJwtErrors)
 
   app.post('/api/auth/token/refresh/', {
-    onRequest: app.publicRateLimit,
     schema: schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema)
   }, async (request) => {
     const result = await refreshFor(request, requiredString(request.body, 'refresh'))
@@ -66,7 +65,6 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
   })
 
   app.post('/api/auth/token/verify/', {
-    onRequest: app.publicRateLimit,
     schema: schemaOf('SimpleJWT TokenVerifyView: {token} → {} when the token is valid and not revoked', SimpleTokenBodySchema, {})
   }, async (request) => {
     const result = await introspect(contextOf(request), requiredString(request.body, 'token'))
@@ -75,7 +73,6 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
   })
 
   app.post('/api/auth/token/blacklist/', {
-    onRequest: app.publicRateLimit,
     schema: schemaOf('SimpleJWT TokenBlacklistView: {refresh} → {}; the session ends', SimpleRefreshBodySchema, {})
   }, async (request) => {
     const token = requiredString(request.body, 'refresh')

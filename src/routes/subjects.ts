@@ -7,7 +7,7 @@ import { revokeSubject } from '../revocation.js'
 
 const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (app) {
   app.post('/v1/subjects/:sub/revoke', {
-    onRequest: app.backendGuards,
+    ...app.backendRoute(),
     schema: {
       summary: 'Log a subject out everywhere: every session issued up to now stops refreshing',
       tags: ['subjects'],

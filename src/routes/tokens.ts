@@ -22,7 +22,7 @@ function audienceOf (config: Config, asked: string | string[] | undefined): stri
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) {
   app.post('/v1/tokens', {
-    onRequest: app.backendGuards,
+    ...app.backendRoute(),
     schema: {
       summary: 'Issue a pair for a subject the calling backend has authenticated',
       tags: ['tokens'],
@@ -54,7 +54,6 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/refresh', {
-    onRequest: app.publicRateLimit,
     schema: {
       summary: 'Rotate a pair: a new access token and a new refresh token for the same session',
       tags: ['tokens'],
@@ -66,7 +65,6 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/revoke', {
-    onRequest: app.publicRateLimit,
     schema: {
       summary: 'Revoke a token (RFC 7009): a refresh token ends its whole session',
       tags: ['tokens'],
@@ -79,7 +77,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/introspect', {
-    onRequest: app.backendGuards,
+    ...app.backendRoute(),
     schema: {
       summary: 'Introspect a token (RFC 7662): active, with its claims, or inactive',
       tags: ['tokens'],

@@ -13,6 +13,8 @@ function matchesEtag (ifNoneMatch: string, etag: string): boolean {
 
 const wellKnownRoutes: FastifyPluginAsyncTypebox = async function wellKnownRoutes (app) {
   app.get('/.well-known/jwks.json', {
+    // Verifiers fetch it on every unknown kid; a limit would turn a key rotation into 429s.
+    config: { rateLimit: false },
     schema: {
       summary: 'Public keys that verify access tokens (never the refresh key; none for HS256)',
       tags: ['keys'],
