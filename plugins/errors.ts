@@ -209,4 +209,5 @@ export default fp(async function errorsPlugin (app) {
   app.addHook('onRequest', (_request, _reply, done) => {
     done(draining ? new DrainingError() : undefined)
   })
-}, { name: 'errors', fastify: '5.x' })
+  // Every error answer is counted (recordError): the metrics must be there first.
+}, { name: 'errors', dependencies: ['metrics'], fastify: '5.x' })

@@ -69,11 +69,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     ajv: undefined
   })
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  await app.register(metricsPlugin)
   await app.register(errorsPlugin)
   await app.register(securityHeadersPlugin)
   await app.register(configPlugin, { config })
   await app.register(openapiPlugin)
-  await app.register(metricsPlugin)
   await app.register(keyringPlugin, { config })
   await app.register(redisPlugin, { config })
   await app.register(denylistPlugin, { config })

@@ -1,3 +1,4 @@
+import fp from 'fastify-plugin'
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import errorsPlugin from '../plugins/errors.js'
 import healthRoutes from './routes/health.js'
@@ -26,12 +27,13 @@ export async function buildManagementApp (app: FastifyInstance): Promise<Fastify
     requestTimeout: 30_000,
     http: { connectionsCheckingInterval: 1000, requestTimeout: 30_000 }
   })
+  // The main app's counters, under the plugin name the errors plugin depends on.
+  await management.register(fp(async (ops) => { ops.decorate('metrics', app.metrics) }, { name: 'metrics' }))
   await management.register(errorsPlugin)
   management.decorate('config', app.config)
   management.decorate<RedisClient | null>('redis', app.redis)
   management.decorate('denylist', app.denylist)
   management.decorate('storeKind', app.storeKind)
-  management.decorate('metrics', app.metrics)
   await management.register(healthRoutes)
   await management.register(metricsRoutes)
   return management
