@@ -9,29 +9,20 @@ import { clusterMetrics, runPrimary } from './workers.js'
 // The only file that reads process.env, listens, and handles signals.
 if (existsSync('.env')) process.loadEnvFile('.env')
 
-let config: Config
+// A bad setting, a bad keys file, a Redis that production must not use: said in one line, exit 1.
 try {
-  config = loadConfig(process.env)
+  const config = loadConfig(process.env)
+  if (config.workers > 1 && cluster.isPrimary) runPrimary(config)
+  else await serve(config)
 } catch (error) {
-  /* c8 ignore next: anything but a ConfigError is a bug; Node prints its stack and exits non-zero */
-  if (!(error instanceof ConfigError)) throw error
+  /* c8 ignore next: anything else is a bug; Node prints its stack and exits non-zero */
+  if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
   process.stderr.write(`rotor: ${error.message}\n`)
   process.exit(1)
 }
 
-if (config.workers > 1 && cluster.isPrimary) runPrimary(config)
-else await serve(config)
-
 async function serve (config: Config): Promise<void> {
-  let app
-  try {
-    app = await buildApp(config)
-  } catch (error) {
-    /* c8 ignore next: as above */
-    if (!(error instanceof ConfigError) && !(error instanceof StartupError)) throw error
-    process.stderr.write(`rotor: ${error.message}\n`)
-    process.exit(1)
-  }
+  const app = await buildApp(config)
 
   if (config.generatedApiKey !== null) {
     // Printed once, to the terminal and not into the log stream, so it never lands in a log store.

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -48,10 +49,14 @@ function privateJwk (algorithm: Exclude<Algorithm, 'HS256'>, kid: string, extra:
   return { ...privateKey.export({ format: 'jwk' }), kid, ...extra }
 }
 
-/** Writes `content` as the keys file in a fresh directory and loads the settings that name it. */
-function withKeysFile (t: Test, content: unknown, env: Env = {}): Config {
+/** Writes `content` as the keys file in a fresh directory; the settings that name it. */
+function keysFileEnv (t: Test, content: unknown, env: Env = {}): Env {
   const dir = t.testdir({ 'jwks.json': typeof content === 'string' ? content : JSON.stringify(content) })
-  return loadConfig({ JWT_KEYS_FILE: join(dir, 'jwks.json'), ...env })
+  return { JWT_KEYS_FILE: join(dir, 'jwks.json'), ...env }
+}
+
+function withKeysFile (t: Test, content: unknown, env: Env = {}): Config {
+  return loadConfig(keysFileEnv(t, content, env))
 }
 
 test('with no settings every default of the contract applies', async (t) => {
@@ -178,7 +183,7 @@ test('NODE_ENV=production refuses to start without keys, API keys, or Redis for 
   t.has(noDenylist, { isProduction: true, denylistEnabled: false, redis: { kind: 'memory' }, generatedApiKey: null })
   t.has(loadConfig({ ...ready, REDIS_URL: 'rediss://redis.internal:6380' }), { redis: { kind: 'single' } })
   t.has(loadConfig({ ...ready, REDIS_CLUSTER_NODES: 'a:7000' }), { redis: { kind: 'cluster' } })
-  t.ok(loadConfig({ ...ready, JWT_SECRET: '', JWT_ALGORITHM: 'EdDSA', JWT_KEYS_FILE: '/etc/rotor/jwks.json', DENYLIST_ENABLED: 'off' }),
+  t.ok(loadConfig({ ...ready, ...keysFileEnv(t, { keys: [privateJwk('EdDSA', 'a')] }), JWT_SECRET: '', JWT_ALGORITHM: 'EdDSA', DENYLIST_ENABLED: 'off' }),
     'JWT_KEYS_FILE satisfies the key requirement')
 })
 
@@ -240,7 +245,7 @@ test('ES256, RS256 and HS256 key files load too', async (t) => {
   t.equal(hs[0]?.publicJwk, null)
 })
 
-test('a bad keys file is a ConfigError naming JWT_KEYS_FILE (or JWT_ACTIVE_KID) and the fault', async (t) => {
+test('a bad keys file is a ConfigError of the settings, naming JWT_KEYS_FILE (or JWT_ACTIVE_KID) and the fault', async (t) => {
   const ed = privateJwk('EdDSA', 'a')
   const { d: _d, ...publicOnly } = ed
   const cases: Array<[string, unknown, Env, RegExp]> = [
@@ -261,14 +266,22 @@ test('a bad keys file is a ConfigError naming JWT_KEYS_FILE (or JWT_ACTIVE_KID) 
     ['unknown active kid', { keys: [ed] }, { JWT_ACTIVE_KID: 'zz' }, /JWT_ACTIVE_KID=zz/]
   ]
   for (const [label, content, env, expected] of cases) {
-    t.match(keyError(withKeysFile(t, content, env)).message, expected, label)
+    t.match(configError(keysFileEnv(t, content, env)).message, expected, label)
   }
-  const missing = loadConfig({ JWT_KEYS_FILE: join(t.testdir({}), 'absent.json') })
-  t.match(keyError(missing).message, /JWT_KEYS_FILE=.*absent\.json: cannot read/, 'unreadable file')
+  const missing = configError({ JWT_KEYS_FILE: join(t.testdir({}), 'absent.json') })
+  t.match(missing.message, /JWT_KEYS_FILE=.*absent\.json: cannot read/, 'unreadable file')
+  t.match(configError({ ...keysFileEnv(t, '{"keys": ['), PORT: 'x' }).message, /PORT=x/, 'with another bad setting, that one is said first')
+})
+
+test('a keys file that turns bad after the start is a ConfigError of the key material (a reload keeps the current keys)', async (t) => {
+  const env = keysFileEnv(t, { keys: [privateJwk('EdDSA', 'a')] })
+  const config = loadConfig(env)
+  writeFileSync(String(env['JWT_KEYS_FILE']), '{"keys": [')
+  t.match(keyError(config).message, /JWT_KEYS_FILE=.*JSON/)
 })
 
 test('a keys file whose entry is not an object is a ConfigError, not a TypeError', async (t) => {
-  t.match(keyError(withKeysFile(t, { keys: [null] })).message, /JWT_KEYS_FILE/)
+  t.match(configError(keysFileEnv(t, { keys: [null] })).message, /JWT_KEYS_FILE/)
 })
 
 // ---- the process itself ----
