@@ -13,6 +13,18 @@ export type RedisSetting =
   | { kind: 'cluster', nodes: HostPort[] }
   | { kind: 'sentinel', sentinels: HostPort[], name: string }
 
+/** What an API key may do; a key given no scopes may do all of it. */
+export const SCOPES = ['issue', 'introspect', 'revoke', 'sessions'] as const
+export type Scope = typeof SCOPES[number]
+
+/** An entry of API_KEYS: `secret`, `name:secret` or `name:secret:scope+scope`. */
+export interface ApiKey {
+  /** Who calls: in logs, metrics, rate-limit keys, the `client_id` of OAuth and of the tokens it issues. A bare secret's is `key-<12 hex digits of its SHA-256>`. */
+  name: string
+  secret: string
+  scopes: Scope[]
+}
+
 /** Every setting of the contract, parsed and checked. Durations are in seconds. */
 export interface Config {
   port: number
@@ -43,7 +55,9 @@ export interface Config {
   jwtSecret: string | null
   jwtIssuer: string
   jwtAudience: string[]
-  apiKeys: string[]
+  /** `rfc9068`: access tokens carry `client_id` and `aud` (RFC 9068's JWT profile); null: Rotor's own, SimpleJWT-compatible. */
+  accessTokenProfile: 'rfc9068' | null
+  apiKeys: ApiKey[]
   /** Set when no API_KEYS were given outside production: the one key generated at start. */
   generatedApiKey: string | null
   corsOrigins: string[]

@@ -42,12 +42,12 @@ export interface RateLimitOptions {
   keyPrefix: string
 }
 
-/** The Redis key of a request's budget, under `<prefix>rl:`: `ip:<address>`, `key:<client>` or `anon:<address>`. */
+/** The Redis key of a request's budget, under `<prefix>rl:`: `ip:<address>`, `key:<API key's name>` or `anon:<address>`. */
 function budgetKey (request: FastifyRequest): string {
   // IPv4-mapped IPv6 addresses (::ffff:1.2.3.4, as Node reports clients when listening on ::)
   // count as the IPv4 address; other IPv6 clients are counted per /64, the block one host owns.
   if (request.routeOptions.config.budget !== 'api-key') return `ip:${normalizeIP(request.ip)}`
-  return request.client ?? `anon:${normalizeIP(request.ip)}`
+  return request.client === null ? `anon:${normalizeIP(request.ip)}` : `key:${request.client}`
 }
 
 /**

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
-import { ALGORITHMS, type Config, type HostPort, type RedisSetting } from '../plugins/config.js'
+import { ALGORITHMS, SCOPES, type ApiKey, type Config, type HostPort, type RedisSetting, type Scope } from '../plugins/config.js'
+import { nameOfSecret } from '../plugins/api-keys.js'
 import { ConfigError } from '../plugins/errors.js'
 import { loadKeyMaterial } from '../plugins/key-material.js'
 
-export { ALGORITHMS, type Algorithm, type Config, type HostPort, type RedisSetting } from '../plugins/config.js'
+export { ALGORITHMS, SCOPES, type Algorithm, type ApiKey, type Config, type HostPort, type RedisSetting, type Scope } from '../plugins/config.js'
 
 // ---------------------------------------------------------------- how a variable's text is read
 
@@ -126,6 +127,37 @@ function hostPorts (env: string): Setting<HostPort[]> {
   }
 }
 
+/** A key's name: what may stand in a log line, a Redis key, an HTTP Basic user id and a form field as is. */
+const KEY_NAME = /^[A-Za-z0-9._~-]{1,64}$/
+
+/**
+ * API keys: `secret`, `name:secret` or `name:secret:scope+scope`. No problem ever repeats a secret
+ * (or a part of an entry that could be one): entries are named by their place in the list.
+ */
+function apiKeys (env: string): Setting<ApiKey[]> {
+  return {
+    env,
+    parse: (raw) => {
+      const faults: string[] = []
+      const keys = (list(env).parse(raw) as string[]).map((entry, index): ApiKey => {
+        const parts = entry.split(':')
+        const [name, secret = '', scopes] = parts.length === 1 ? [null, entry] : parts
+        const fault = (what: string): void => { faults.push(`${env}: entry #${index + 1}: ${what}`) }
+        if (parts.length > 3) fault('expected secret, name:secret or name:secret:scope+scope (a secret may not hold ":")')
+        if (name !== null && !KEY_NAME.test(name)) fault('a name is 1 to 64 letters, digits, ".", "_", "~" or "-"')
+        if (secret.length < 16) fault('a key must be at least 16 characters')
+        const asked = scopes?.split('+') ?? [...SCOPES]
+        if (asked.some((scope) => !(SCOPES as readonly string[]).includes(scope))) fault(`scopes are ${SCOPES.join(', ')}, joined by "+"`)
+        return { name: name ?? nameOfSecret(secret), secret, scopes: asked as Scope[] }
+      })
+      const names = keys.map((key) => key.name)
+      const twice = names.find((name, index) => names.indexOf(name) !== index)
+      if (twice !== undefined) faults.push(`${env}: two entries are named ${twice} (or the same key is given twice)`)
+      return faults.length === 0 ? keys : new Problem(faults, keys)
+    }
+  }
+}
+
 function isAddressOrCidr (item: string): boolean {
   if (['loopback', 'linklocal', 'uniquelocal'].includes(item)) return true
   const [address = '', bits, ...rest] = item.split('/')
@@ -168,7 +200,8 @@ const SCHEMA = {
   jwtSecret: text('JWT_SECRET'),
   jwtIssuer: text('JWT_ISSUER', 'rotor'),
   jwtAudience: list('JWT_AUDIENCE'),
-  apiKeys: list('API_KEYS'),
+  accessTokenProfile: optional(oneOf('ACCESS_TOKEN_PROFILE', ['rfc9068'] as const, 'rfc9068')),
+  apiKeys: apiKeys('API_KEYS'),
   corsOrigins: list('CORS_ORIGINS', {
     fallback: 'http://localhost:3000',
     fault: (origin) => /^https?:\/\/[^/\s]+$/.test(origin) ? null : `"${origin}" is not an exact origin like http://localhost:3000`
@@ -183,6 +216,9 @@ const SCHEMA = {
   legacySimpleJwtSigningKey: text('LEGACY_SIMPLEJWT_SIGNING_KEY'),
   storeLoss: oneOf('STORE_LOSS', ['refuse', 'accept'], 'refuse')
 }
+
+/** The name of every environment variable Rotor reads (the docs are checked against it). */
+export const SETTING_NAMES: readonly string[] = Object.values(SCHEMA).map((setting) => setting.env)
 
 type Settings = { [K in keyof typeof SCHEMA]: typeof SCHEMA[K] extends Setting<infer T> ? T : never }
 
@@ -223,11 +259,13 @@ function crossCheck (s: Settings, redis: RedisSetting, problems: string[]): void
     if (Buffer.byteLength(s.jwtSecret) < 32) problems.push('JWT_SECRET: expected at least 32 bytes')
     if (s.jwtKeysFile !== null) problems.push('JWT_SECRET and JWT_KEYS_FILE: set one, not both')
   }
-  if (s.apiKeys.some((key) => key.length < 16)) problems.push('API_KEYS: every key must be at least 16 characters')
   if (s.nodeEnv === 'production') {
     if (s.jwtKeysFile === null && s.jwtSecret === null) problems.push('NODE_ENV=production needs JWT_KEYS_FILE (or JWT_SECRET for HS256): generated keys would change at every restart')
     if (s.apiKeys.length === 0) problems.push('NODE_ENV=production needs API_KEYS')
     if (s.denylistEnabled && redis.kind === 'memory') problems.push('NODE_ENV=production with DENYLIST_ENABLED=true needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS: an in-process denylist is lost on restart and not shared')
+  }
+  if (s.accessTokenProfile === 'rfc9068' && s.jwtAudience.length === 0) {
+    problems.push('ACCESS_TOKEN_PROFILE=rfc9068 needs JWT_AUDIENCE: an RFC 9068 access token always names its audience')
   }
   if (s.managementPort !== null && s.managementPort === s.port) {
     problems.push(`MANAGEMENT_PORT=${s.managementPort}: expected a port other than PORT (${s.port}); the ops listener needs a port of its own`)
@@ -278,8 +316,9 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   if (problems.length > 0) throw new ConfigError(problems)
 
   if (config.apiKeys.length === 0) {
-    config.generatedApiKey = randomBytes(24).toString('base64url')
-    config.apiKeys = [config.generatedApiKey]
+    const secret = randomBytes(24).toString('base64url')
+    config.generatedApiKey = secret
+    config.apiKeys = [{ name: nameOfSecret(secret), secret, scopes: [...SCOPES] }]
   }
   return config
 }

@@ -3,7 +3,7 @@ import type { Keyring, Payload } from '../plugins/keyring.js'
 import type { Config } from './config.js'
 
 /** Claims Rotor sets itself; a caller may not pass them in `claims`. */
-export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type'])
+export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type', 'client_id'])
 
 /** Custom claims may nest this deep, no deeper: enough for any real claim set, and bounded work. */
 export const MAX_CLAIMS_DEPTH = 8
@@ -24,6 +24,8 @@ export interface Session {
   /** When the session was issued, in microseconds, ordered within an instance (see {@link clockUs}). */
   issuedUs: number
   aud: string | string[] | undefined
+  /** The name of the API key that issued it (OAuth's client_id); undefined for sessions issued before Rotor 0.3. */
+  clientId: string | undefined
   claims: Payload
 }
 
@@ -36,7 +38,7 @@ export interface TokenPair {
 }
 
 /** The settings minting needs (a slice of Config, so tests and the domain need no more). */
-export type MintSettings = Pick<Config, 'jwtIssuer' | 'accessTokenTtl' | 'refreshTokenTtl' | 'sessionMaxTtl'>
+export type MintSettings = Pick<Config, 'jwtIssuer' | 'accessTokenTtl' | 'refreshTokenTtl' | 'sessionMaxTtl' | 'accessTokenProfile'>
 
 /**
  * Random bytes are drawn from the CSPRNG 4 KiB at a time and handed out 16 at a time, never
@@ -109,8 +111,8 @@ export function issuedUsOf (sid: string, authTime: number): number {
   return authTime * 1_000_000
 }
 
-export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, issuedUs: number): Session {
-  return { sub, sid: newSid(issuedUs), authTime: Math.floor(issuedUs / 1_000_000), issuedUs, aud, claims }
+export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, issuedUs: number, clientId?: string): Session {
+  return { sub, sid: newSid(issuedUs), authTime: Math.floor(issuedUs / 1_000_000), issuedUs, aud, clientId, claims }
 }
 
 /** The session a verified token belongs to: its reserved claims read back, the rest is custom. */
@@ -127,6 +129,7 @@ export function sessionOf (payload: Payload): Session {
     authTime,
     issuedUs: issuedUsOf(sid, authTime),
     aud: payload['aud'] as string | string[] | undefined,
+    clientId: payload['client_id'] as string | undefined,
     claims
   }
 }
@@ -137,7 +140,12 @@ export function expiryOf (settings: MintSettings, session: Session, iat: number,
   return settings.sessionMaxTtl === null ? exp : Math.min(exp, session.authTime + settings.sessionMaxTtl)
 }
 
+/**
+ * The claims of one token. The issuing key's name (`client_id`) is always in the refresh token,
+ * which only Rotor reads; in the access token only with ACCESS_TOKEN_PROFILE=rfc9068.
+ */
 function payloadOf (settings: MintSettings, session: Session, type: 'access' | 'refresh', iat: number, exp: number, jti: string): Payload {
+  const withClient = session.clientId !== undefined && (type === 'refresh' || settings.accessTokenProfile === 'rfc9068')
   return {
     ...session.claims,
     iss: settings.jwtIssuer,
@@ -148,7 +156,8 @@ function payloadOf (settings: MintSettings, session: Session, type: 'access' | '
     jti,
     sid: session.sid,
     auth_time: session.authTime,
-    token_type: type
+    token_type: type,
+    ...(withClient ? { client_id: session.clientId } : {})
   }
 }
 

@@ -103,11 +103,44 @@ test('outside production a missing API_KEYS gets one generated key, different at
   const second = loadConfig({})
   t.type(first.generatedApiKey, 'string')
   t.ok((first.generatedApiKey ?? '').length >= 32, 'long enough to be a secret')
-  t.strictSame(first.apiKeys, [first.generatedApiKey], 'the generated key is the one accepted')
+  t.strictSame(first.apiKeys.map((key) => key.secret), [first.generatedApiKey], 'the generated key is the one accepted')
   t.not(first.generatedApiKey, second.generatedApiKey)
   const given = loadConfig({ API_KEYS: 'key-one-0123456789, key-two-0123456789' })
   t.equal(given.generatedApiKey, null, 'nothing generated when keys are given')
-  t.strictSame(given.apiKeys, ['key-one-0123456789', 'key-two-0123456789'])
+  t.strictSame(given.apiKeys.map((key) => key.secret), ['key-one-0123456789', 'key-two-0123456789'])
+})
+
+test('API_KEYS entries: a bare secret (named by a short digest of itself), name:secret, name:secret:scope+scope', async (t) => {
+  const [bare, named, scoped] = loadConfig({ API_KEYS: 'bare-secret-0123456789, gateway:gateway-secret-0123456789, support.tool:support-secret-0123456789:introspect+sessions' }).apiKeys
+  t.match(bare, { secret: 'bare-secret-0123456789', scopes: ['issue', 'introspect', 'revoke', 'sessions'] })
+  t.match(bare?.name, /^key-[0-9a-f]{12}$/, 'a bare secret is named key-<12 hex digits>')
+  t.notOk('bare-secret-0123456789'.includes(String(bare?.name).slice(4)), 'and the name is no part of the secret')
+  t.strictSame(named, { name: 'gateway', secret: 'gateway-secret-0123456789', scopes: ['issue', 'introspect', 'revoke', 'sessions'] }, 'no scopes: all of them')
+  t.strictSame(scoped, { name: 'support.tool', secret: 'support-secret-0123456789', scopes: ['introspect', 'sessions'] })
+  const faults: Array<[string, RegExp]> = [
+    ['a:b:c:d-0123456789abcdef', /entry #1: expected secret, name:secret or name:secret:scope\+scope/],
+    ['bad name!:secret-0123456789abcdef', /entry #1: a name is 1 to 64/],
+    [':secret-0123456789abcdef', /entry #1: a name is 1 to 64/],
+    ['ok-0123456789abcdef, gw:short', /entry #2: a key must be at least 16 characters/],
+    ['gw:secret-0123456789abcdef:issue+admin', /entry #1: scopes are issue, introspect, revoke, sessions/],
+    ['gw:secret-0123456789abcdef:', /entry #1: scopes are/],
+    ['gw:secret-0123456789abcdef, gw:other-secret-0123456789', /two entries are named gw/],
+    ['same-secret-0123456789, same-secret-0123456789', /two entries are named key-[0-9a-f]{12} \(or the same key is given twice\)/]
+  ]
+  for (const [value, expected] of faults) {
+    const error = configError({ API_KEYS: value })
+    t.match(error.message, expected, value)
+    for (const secret of value.split(/[,:]/).filter((part) => part.includes('0123456789'))) {
+      t.notOk(error.message.includes(secret.trim()), `the message repeats no secret of ${value}`)
+    }
+  }
+})
+
+test('ACCESS_TOKEN_PROFILE=rfc9068 needs JWT_AUDIENCE', async (t) => {
+  t.match(configError({ ACCESS_TOKEN_PROFILE: 'rfc9068' }).message, /ACCESS_TOKEN_PROFILE=rfc9068 needs JWT_AUDIENCE/)
+  t.match(configError({ ACCESS_TOKEN_PROFILE: 'jwt' }).message, /ACCESS_TOKEN_PROFILE=jwt: expected one of rfc9068/)
+  t.equal(loadConfig({ ACCESS_TOKEN_PROFILE: 'rfc9068', JWT_AUDIENCE: 'api' }).accessTokenProfile, 'rfc9068')
+  t.equal(loadConfig({}).accessTokenProfile, null)
 })
 
 test('durations accept seconds and s/m/h/d forms', async (t) => {
@@ -291,7 +324,7 @@ const SETTINGS = [
   'DENYLIST_ENABLED', 'ROTATE_REFRESH_TOKENS', 'ACCESS_TOKEN_TTL', 'REFRESH_TOKEN_TTL', 'SESSION_MAX_TTL', 'REFRESH_REUSE_GRACE',
   'REUSE_DETECTION', 'LEEWAY', 'JWT_ALGORITHM', 'JWT_KEYS_FILE', 'JWT_ACTIVE_KID', 'JWT_SECRET', 'JWT_ISSUER', 'JWT_AUDIENCE',
   'API_KEYS', 'CORS_ORIGINS', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW', 'TRUST_PROXY', 'RATE_LIMIT_ALLOW', 'COMPAT_SIMPLEJWT',
-  'LEGACY_SIMPLEJWT_SIGNING_KEY', 'NODE_ENV', 'MANAGEMENT_PORT', 'MANAGEMENT_HOST'
+  'LEGACY_SIMPLEJWT_SIGNING_KEY', 'NODE_ENV', 'MANAGEMENT_PORT', 'MANAGEMENT_HOST', 'ACCESS_TOKEN_PROFILE'
 ]
 
 interface Run { code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string, timedOut: boolean }

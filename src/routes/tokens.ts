@@ -39,7 +39,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     if (nestsDeeperThan(claims, MAX_CLAIMS_DEPTH)) throw new AppError('invalid_request', `claims may nest at most ${MAX_CLAIMS_DEPTH} levels deep`)
     const issuedUs = clockUs()
     const nowSec = Math.floor(issuedUs / 1_000_000)
-    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs)
+    // backendRoute() let no request without a client through.
+    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs, request.client!)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
     // Every rotation mints tokens of the same length (same claims, same-width numbers): what
