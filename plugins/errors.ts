@@ -150,6 +150,63 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
   reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
 }
 
+/**
+ * RFC 6749 §5.2's error codes: the second error shape, chosen by the /oauth2 routes for their
+ * whole scope (`app.setErrorHandler(oauthErrorHandler)`), never per call site.
+ */
+export type OAuthErrorCode = 'invalid_request' | 'invalid_client' | 'invalid_grant' | 'unsupported_grant_type' |
+  'unsupported_token_type' | 'temporarily_unavailable' | 'server_error'
+
+/** An error that only the OAuth wire has a word for; elsewhere (metrics, logs) it counts as `code`. */
+export class OAuthOnlyError extends AppError {
+  readonly oauthCode: OAuthErrorCode
+  constructor (oauthCode: OAuthErrorCode, code: ErrorCode, message: string) {
+    super(code, message)
+    this.name = 'OAuthOnlyError'
+    this.oauthCode = oauthCode
+  }
+}
+
+/** Which RFC 6749 error a contract code is: a refused token is `invalid_grant`, a wait is `temporarily_unavailable`. */
+const OAUTH_CODES: Record<ErrorCode, OAuthErrorCode> = {
+  invalid_request: 'invalid_request',
+  invalid_client: 'invalid_client',
+  token_invalid: 'invalid_grant',
+  token_expired: 'invalid_grant',
+  token_revoked: 'invalid_grant',
+  token_reused: 'invalid_grant',
+  not_found: 'invalid_request',
+  payload_too_large: 'invalid_request',
+  unsupported_media_type: 'invalid_request',
+  // RFC 6749 has no word for "slow down" outside the device flow: the status and Retry-After say it.
+  rate_limited: 'temporarily_unavailable',
+  internal_error: 'server_error',
+  denylist_disabled: 'unsupported_token_type',
+  denylist_unavailable: 'temporarily_unavailable'
+}
+
+/** `{"error", "error_description"}`; the description as §5.2 allows it (printable ASCII, no `"` or `\`). */
+export function oauthErrorBody (error: AppError): { error: OAuthErrorCode, error_description: string } {
+  const code = error instanceof OAuthOnlyError ? error.oauthCode : OAUTH_CODES[error.code]
+  return { error: code, error_description: error.message.replaceAll('"', "'").replace(/[^\x20-\x21\x23-\x5b\x5d-\x7e]/g, '?') }
+}
+
+/**
+ * The error handler of the /oauth2 routes: the same statuses, headers, log lines and counts as
+ * the envelope's, in RFC 6749's shape. A token refused is `400 invalid_grant` (§5.2), not 401;
+ * a client refused is `401 invalid_client` with a Basic challenge; RFC 7009 answers a revocation
+ * Rotor cannot record with `400 unsupported_token_type`.
+ */
+export function oauthErrorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  const appError = toAppError(error)
+  recordError(appError, error, request)
+  const body = oauthErrorBody(appError)
+  const status = body.error === 'invalid_grant' || body.error === 'unsupported_token_type' ? 400 : appError.statusCode
+  reply.code(status).headers(appError.headers)
+  if (body.error === 'invalid_client') reply.header('www-authenticate', 'Basic realm="rotor"')
+  reply.send(body)
+}
+
 /** What a request that arrives while the server drains is told: try again (another instance will answer). */
 export class DrainingError extends AppError {
   constructor () {

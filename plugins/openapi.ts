@@ -26,7 +26,10 @@ export default fp(async function openapiPlugin (app) {
           '`{"statusCode", "code", "error", "message"}`; the codes are stable:\n\n| status | code |\n|---|---|\n' + ERROR_TABLE
       },
       components: {
-        securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS' } }
+        securitySchemes: {
+          apiKey: { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS' },
+          basic: { type: 'http', scheme: 'basic', description: 'An API key of API_KEYS as HTTP Basic: its name, then its secret' }
+        }
       }
     }
   })

@@ -19,6 +19,7 @@ import subjectRoutes from './routes/subjects.js'
 import wellKnownRoutes from './routes/well-known.js'
 import healthRoutes from './routes/health.js'
 import simpleJwtRoutes from './routes/simplejwt.js'
+import oauthRoutes from './routes/oauth.js'
 import metricsRoutes from './routes/metrics.js'
 import { buildManagementApp } from './management.js'
 
@@ -87,6 +88,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(wellKnownRoutes)
   await app.register(healthRoutes)
   if (config.compatSimpleJwt) await app.register(simpleJwtRoutes)
+  await app.register(oauthRoutes)
 
   // With an ops listener, /metrics is served there alone (health on both: a load balancer may probe either).
   if (config.managementPort === null) {

@@ -1,0 +1,143 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type, type Static } from 'typebox'
+import type { FastifyRequest } from 'fastify'
+import {
+  AuthorizationServerMetadataSchema, OAuthIntrospectionSchema, OAuthTokenBodySchema, OAuthTokenParamsSchema, OAuthTokenResponseSchema, oauthErrorResponses
+} from '../../schemas/oauth.js'
+import { AppError, BODY_LIMIT, OAuthOnlyError, oauthErrorHandler } from '../../plugins/errors.js'
+import { contextOf } from '../context.js'
+import { introspect, revoke, type Introspection } from '../revocation.js'
+import { refreshFor } from './refreshing.js'
+
+/** The issuer as RFC 8414 §2 wants it (an http(s) URL, no query, no fragment), or null. */
+export function issuerUrl (issuer: string): URL | null {
+  if (!URL.canParse(issuer)) return null
+  const url = new URL(issuer)
+  return ['http:', 'https:'].includes(url.protocol) && url.search === '' && url.hash === '' ? url : null
+}
+
+/** RFC 8414 metadata: every URL built from the issuer, so it is right behind a proxy that serves Rotor under it. */
+export function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
+  const base = issuer.replace(/\/+$/, '')
+  return {
+    issuer,
+    jwks_uri: `${base}/.well-known/jwks.json`,
+    token_endpoint: `${base}/oauth2/token`,
+    revocation_endpoint: `${base}/oauth2/revoke`,
+    introspection_endpoint: `${base}/oauth2/introspect`,
+    grant_types_supported: ['refresh_token'],
+    // No authorization endpoint: the backends that call POST /v1/tokens authenticate users.
+    response_types_supported: [],
+    token_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
+    revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic']
+  }
+}
+
+/** RFC 7662 §2.2: the standard members, `token_type` as RFC 6749 names it, Rotor's claims beside. */
+function introspectionResponse (result: Introspection): Static<typeof OAuthIntrospectionSchema> {
+  if (!result.active) return { active: false }
+  const { token_type: type, ...claims } = result
+  return { ...claims, token_type: type === 'access' ? 'Bearer' : 'refresh_token' }
+}
+
+/**
+ * `application/x-www-form-urlencoded`, the only body these routes take: every value a string, and
+ * a parameter given twice a 400 (RFC 6749 §3.2). Built with Object.fromEntries, so a parameter
+ * called `__proto__` is a plain property.
+ */
+function parseForm (_request: FastifyRequest, body: string, done: (error: Error | null, fields?: Record<string, string>) => void): void {
+  const fields = new Map<string, string>()
+  for (const [name, value] of new URLSearchParams(body)) {
+    if (fields.has(name)) {
+      done(new AppError('invalid_request', `the parameter ${name.slice(0, 64)} is given more than once`))
+      return
+    }
+    fields.set(name, value)
+  }
+  done(null, Object.fromEntries(fields))
+}
+
+/** A client that authenticates (HTTP Basic or a bearer API key) must be one Rotor knows; a public client sends none. */
+async function refuseUnknownClient (request: FastifyRequest): Promise<void> {
+  if (request.headers.authorization !== undefined && request.client === null) {
+    throw new AppError('invalid_client', 'the client credentials are not valid')
+  }
+}
+
+/**
+ * The standard wire beside `/v1`, for clients teams already have (gateways' introspection
+ * plugins, openid-client, authlib): RFC 6749 §6's refresh grant, RFC 7009 revocation, RFC 7662
+ * introspection, with form bodies and RFC 6749's error shape; the same rotation, store and
+ * rate limits underneath.
+ */
+const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints (app) {
+  app.setErrorHandler(oauthErrorHandler)
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: BODY_LIMIT }, parseForm)
+  const publicClient = { onRequest: [app.identifyClient], preParsing: [refuseUnknownClient] }
+
+  app.post('/oauth2/token', {
+    ...publicClient,
+    schema: {
+      summary: 'RFC 6749 §6: the refresh grant; the same rotation as /v1/tokens/refresh',
+      tags: ['oauth'],
+      consumes: ['application/x-www-form-urlencoded'],
+      body: OAuthTokenBodySchema,
+      response: { 200: OAuthTokenResponseSchema, ...oauthErrorResponses(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    const { grant_type: grantType, refresh_token: presented } = request.body
+    if (grantType !== 'refresh_token') throw new OAuthOnlyError('unsupported_grant_type', 'invalid_request', 'grant_type must be refresh_token')
+    if (presented === undefined) throw new AppError('invalid_request', 'refresh_token is required')
+    const { pair } = await refreshFor(request, presented)
+    reply.header('pragma', 'no-cache')
+    return pair
+  })
+
+  app.post('/oauth2/revoke', {
+    ...publicClient,
+    schema: {
+      summary: 'RFC 7009: revoke a token (a refresh token ends its session); 200 for an unknown or invalid one too',
+      tags: ['oauth'],
+      consumes: ['application/x-www-form-urlencoded'],
+      body: OAuthTokenParamsSchema,
+      response: { 200: Type.Unsafe<undefined>({ description: 'revoked, or nothing to revoke: no body' }), ...oauthErrorResponses(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request, reply) => {
+    // token_type_hint is only a hint (RFC 7009 §2.1): the token says what it is.
+    if (await revoke(contextOf(request), request.body.token) === 'session') app.metrics.sessionsRevoked.inc({ reason: 'logout' })
+    return reply.code(200).send(undefined)
+  })
+
+  app.post('/oauth2/introspect', {
+    ...app.backendRoute(),
+    schema: {
+      summary: 'RFC 7662: introspect a token; the calling backend authenticates with HTTP Basic (key name:secret) or a bearer API key',
+      tags: ['oauth'],
+      security: [{ basic: [] }, { apiKey: [] }],
+      consumes: ['application/x-www-form-urlencoded'],
+      body: OAuthTokenParamsSchema,
+      response: { 200: OAuthIntrospectionSchema, ...oauthErrorResponses(400, 401, 413, 415, 429, 503) }
+    }
+  }, async (request) => introspectionResponse(await introspect(contextOf(request), request.body.token)))
+}
+
+const oauthRoutes: FastifyPluginAsyncTypebox = async function oauthRoutes (app) {
+  const issuer = issuerUrl(app.config.jwtIssuer) === null ? null : app.config.jwtIssuer
+  app.get('/.well-known/oauth-authorization-server', {
+    config: { rateLimit: false },
+    schema: {
+      summary: 'RFC 8414 metadata; 404 unless JWT_ISSUER is an http(s) URL',
+      tags: ['oauth'],
+      response: { 200: AuthorizationServerMetadataSchema }
+    }
+  }, async (_request, reply) => {
+    if (issuer === null) throw new AppError('not_found', 'no OAuth metadata: JWT_ISSUER is not an http(s) URL')
+    reply.header('cache-control', 'public, max-age=3600')
+    return authorizationServerMetadata(issuer)
+  })
+  await app.register(oauthEndpoints)
+}
+
+export default oauthRoutes
