@@ -26,19 +26,19 @@
  * on every exit path. Results: a table on stdout and bench/results/<timestamp>.json.
  * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
  */
-import { randomBytes } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import type { Redis } from 'ioredis'
 import { killAllServers, ServerProcess } from './child.js'
+import { RunContext } from './context.js'
 import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
 import { runLoad, stopCurrentLoad, type IntervalStats, type LatencySummary, type LoadResult } from './load.js'
 import { parseOptions, USAGE, type Options, type ScenarioName } from './options.js'
 import { connectRedis, countKeys, deletePrefix, escapeGlob, fillDenylist, redisVersion, usedMemory, type FillResult } from './redis.js'
 import { BenchRedis, killAllRedisServers, ReplicatedRedis, until, type ReplicationState } from './replication.js'
 import { fmtInt, fmtMiB, fmtMs, latencyCells, loudFailures, memoryVerdict, table, type MemorySample, type MemoryVerdict } from './report.js'
-import { Minter, randomSecret, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
+import { Minter, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
 
 // ---------------------------------------------------------------- scenarios
 
@@ -74,47 +74,19 @@ function scenario (name: ScenarioName, overrides: Partial<Scenario> = {}): Scena
   return { name, ...SCENARIOS[name], ...overrides }
 }
 
-// ---------------------------------------------------------------- run state
-
-/**
- * Every key of this run lives under it, each scenario under its own `<RUN_PREFIX><n>:`. Short
- * (13 bytes with the scenario's part, against 6 for Rotor's default `rotor:`) so that the bytes per
- * denylist record stay close to a real deployment's.
- */
-const RUN_PREFIX = `rb${randomBytes(4).toString('hex')}:`
-let scenarioCount = 0
-const API_KEY = `bench-${randomBytes(18).toString('base64url')}`
-const HS256_SECRET = randomSecret()
-let keysFile: string | null = null
-
-const failures: string[] = []
-/** Not failures, but reasons to distrust a number (another workload on the machine). */
-const warnings: string[] = []
-let redis: Redis | null = null
-let options: Options
-
-function fail (message: string): void {
-  failures.push(message)
-  process.stderr.write(`bench: FAILURE: ${message}\n`)
-}
-
-function say (message: string): void {
-  process.stdout.write(`${message}\n`)
-}
-
-function rotorEnv (algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
-  keysFile ??= writeEd25519KeysFile()
+function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
+  run.keysFile ??= writeEd25519KeysFile()
   return {
     LOG_LEVEL: 'silent',
-    API_KEYS: API_KEY,
-    REDIS_URL: options.redisUrl,
+    API_KEYS: run.apiKey,
+    REDIS_URL: run.options.redisUrl,
     REDIS_KEY_PREFIX: prefix,
     DENYLIST_ENABLED: 'true',
     // Rate limiting stays on, as deployed (its Redis round trip included), but never refuses.
     RATE_LIMIT_MAX: '1000000000',
     JWT_ALGORITHM: algorithm,
-    ...(algorithm === 'HS256' ? { JWT_SECRET: HS256_SECRET } : { JWT_KEYS_FILE: keysFile }),
-    ...options.serverEnv,
+    ...(algorithm === 'HS256' ? { JWT_SECRET: run.hs256Secret } : { JWT_KEYS_FILE: run.keysFile }),
+    ...run.options.serverEnv,
     ...extra
   }
 }
@@ -129,12 +101,12 @@ function rotorEnv (algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<s
  */
 interface RedisCheck { fill: number, answered2xx: number, sent: number, found: number, ok: boolean }
 
-async function checkRotations (client: Redis | null, prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
+async function checkRotations (run: RunContext, client: Redis | null, prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
   if (client === null) return null
   const found = await countKeys(client, `${escapeGlob(prefix)}{*}:j:*`) - fill
   const ok = found >= answered2xx && found <= sent
-  if (!ok) fail(`Redis holds ${found} rotated-token records under ${prefix}, expected between ${answered2xx} (2xx answered) and ${sent} (tokens sent)`)
-  else say(`  Redis: ${fmtInt(found)} rotated-token records${fill > 0 ? ' besides the fill' : ''} for ${fmtInt(answered2xx)} 2xx answered and ${fmtInt(sent)} tokens sent: every 2xx was a first use`)
+  if (!ok) run.fail(`Redis holds ${found} rotated-token records under ${prefix}, expected between ${answered2xx} (2xx answered) and ${sent} (tokens sent)`)
+  else run.say(`  Redis: ${fmtInt(found)} rotated-token records${fill > 0 ? ' besides the fill' : ''} for ${fmtInt(answered2xx)} 2xx answered and ${fmtInt(sent)} tokens sent: every 2xx was a first use`)
   return { fill, answered2xx, sent, found, ok }
 }
 
@@ -201,10 +173,10 @@ function unhealthy (result: LoadResult): boolean {
   return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
 }
 
-async function preflight (server: ServerProcess, s: Scenario, body: string | undefined): Promise<void> {
+async function preflight (server: ServerProcess, s: Scenario, apiKey: string, body: string | undefined): Promise<void> {
   const response = await fetch(`${server.url}${s.path}`, {
     method: s.method,
-    headers: { ...(s.apiKey ? { authorization: `Bearer ${API_KEY}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    headers: { ...(s.apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
     ...(body === undefined ? {} : { body })
   })
   const text = await response.text()
@@ -222,8 +194,8 @@ interface RedisTarget {
   cpu: Redis | readonly Redis[] | null
 }
 
-function sharedTarget (): RedisTarget {
-  return { url: options.redisUrl, client: redis, cpu: redis }
+function sharedTarget (run: RunContext): RedisTarget {
+  return { url: run.options.redisUrl, client: run.redis, cpu: run.redis }
 }
 
 interface RunScenarioOptions {
@@ -240,10 +212,10 @@ interface RunScenarioOptions {
   exposeGc?: boolean
 }
 
-async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
-  const prefix = `${RUN_PREFIX}${++scenarioCount}:`
-  const target = opts.target ?? sharedTarget()
-  const env = s.server === 'rotor' ? rotorEnv(s.algorithm, prefix, { ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
+async function runScenario (run: RunContext, s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
+  const prefix = `${run.prefix}${++run.scenarioCount}:`
+  const target = opts.target ?? sharedTarget(run)
+  const env = s.server === 'rotor' ? rotorEnv(run, s.algorithm, prefix, { ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
   const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
   const result: ScenarioResult = {
     name: s.name,
@@ -262,7 +234,7 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
     cleanup: null,
     error: null
   }
-  say(`\n▶ ${s.label} (Redis keys under ${prefix})`)
+  run.say(`\n▶ ${s.label} (Redis keys under ${prefix})`)
   let server: ServerProcess | null = null
   let minter: Minter | null = null
   let rotations2xx = 0
@@ -270,15 +242,15 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
   try {
     if (opts.fillEntries !== undefined && opts.fillEntries > 0) {
       if (target.client === null) throw new Error('no Redis connection')
-      say(`  filling the denylist with ${fmtInt(opts.fillEntries)} records …`)
+      run.say(`  filling the denylist with ${fmtInt(opts.fillEntries)} records …`)
       const fill = await fillDenylist(target.client, target.url, prefix, opts.fillEntries, 7 * 86_400_000)
       result.fill = fill
-      say(`  filled in ${fill.seconds.toFixed(1)} s (${fmtInt(fill.perSecond)} SET/s); used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
-      say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
+      run.say(`  filled in ${fill.seconds.toFixed(1)} s (${fmtInt(fill.perSecond)} SET/s); used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
+      run.say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
     }
 
-    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(options.profile ? { profileDir: resultsDir(), profileName: `${scenarioCount}-${s.name}` } : {}) })
-    say(`  server pid ${server.pid} at ${server.url}`)
+    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(run.options.profile ? { profileDir: resultsDir(), profileName: `${run.scenarioCount}-${s.name}` } : {}) })
+    run.say(`  server pid ${server.pid} at ${server.url}`)
     if (s.body === 'refresh' || s.body === 'introspect' || s.body === 'introspect-hot') minter = new Minter(env)
 
     const pool = new BodyPool()
@@ -295,13 +267,13 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
       const started = process.hrtime.bigint()
       pool.fill(mint(minter, s.body, n))
       result.tokensMinted += n
-      say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
+      run.say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
     }
 
     // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
     const first = s.body === 'none' ? undefined : cycled.length > 0 ? cycled[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
     if (minter !== null) result.tokensMinted += 1
-    await preflight(server, s, first)
+    await preflight(server, s, run.apiKey, first)
     if (s.rotates) rotations2xx += 1
     tokensSent += 1
 
@@ -311,11 +283,11 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
       url,
       method: s.method,
       path: s.path,
-      ...(s.apiKey ? { headers: { authorization: `Bearer ${API_KEY}` } } : {}),
+      ...(s.apiKey ? { headers: { authorization: `Bearer ${run.apiKey}` } } : {}),
       ...(source === undefined ? {} : { body: source }),
       ...(limit === undefined ? {} : { limit }),
       duration,
-      connections: options.connections,
+      connections: run.options.connections,
       verify: (body) => body.includes(s.expect)
     })
     const pooled = s.body === 'refresh' || s.body === 'introspect'
@@ -323,65 +295,65 @@ async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ re
     const guess = opts.ceilingRps ?? 25_000
 
     let warmRps = guess
-    if (options.warmup > 0) {
+    if (run.options.warmup > 0) {
       // The warm-up may run short of tokens: it then just ends early (nothing is measured).
-      if (pooled) mintInto(Math.ceil(Math.min(guess, 25_000) * options.warmup) + 1000)
-      const warm = await load(options.warmup, pooled ? pool.size : undefined)
+      if (pooled) mintInto(Math.ceil(Math.min(guess, 25_000) * run.options.warmup) + 1000)
+      const warm = await load(run.options.warmup, pooled ? pool.size : undefined)
       if (s.rotates) rotations2xx += warm.statusCodes['200'] ?? 0
       tokensSent += warm.bodiesUsed
       result.warmup = { seconds: warm.seconds, rps: warm.rps, non2xx: warm.non2xx, errors: warm.errors + warm.timeouts }
       warmRps = warm.rps
-      say(`  warm-up ${warm.seconds.toFixed(1)} s: ${fmtInt(warm.rps)} req/s`)
-      if (unhealthy(warm)) fail(`${s.label}: warm-up: ${describeFailures(warm)}`)
+      run.say(`  warm-up ${warm.seconds.toFixed(1)} s: ${fmtInt(warm.rps)} req/s`)
+      if (unhealthy(warm)) run.fail(`${s.label}: warm-up: ${describeFailures(warm)}`)
     }
 
     let measured: LoadResult | null = null
     // Enough distinct tokens for the whole duration: the warm-up's rate with a wide margin (a cold
     // warm-up can be slow), but at least half the ceiling's; if it still runs out, mint more and
     // measure again rather than ever sending a token twice.
-    let poolSize = Math.ceil(Math.max(warmRps * 2.5, (opts.ceilingRps ?? 0) * 0.5) * options.duration) + 2000
+    let poolSize = Math.ceil(Math.max(warmRps * 2.5, (opts.ceilingRps ?? 0) * 0.5) * run.options.duration) + 2000
     for (let attempt = 1; attempt <= 2; attempt++) {
       result.attempts = attempt
       if (pooled) mintInto(poolSize)
-      say(`  measuring ${options.duration} s with ${options.connections} connections${attempt > 1 ? ` (attempt ${attempt})` : ''} …`)
+      run.say(`  measuring ${run.options.duration} s with ${run.options.connections} connections${attempt > 1 ? ` (attempt ${attempt})` : ''} …`)
       const before = await cpuSnapshot(server, target.cpu)
-      measured = await load(options.duration, pooled ? pool.size : undefined)
+      measured = await load(run.options.duration, pooled ? pool.size : undefined)
       result.cpu = cpuShare(before, await cpuSnapshot(server, target.cpu))
       if (s.rotates) rotations2xx += measured.statusCodes['200'] ?? 0
       tokensSent += measured.bodiesUsed
       if (!measured.exhausted) break
-      if (unhealthy(measured)) fail(`${s.label}: attempt ${attempt}: ${describeFailures(measured)}`)
-      say(`  the token pool (${fmtInt(poolSize)}) ran out after ${measured.seconds.toFixed(1)} s: minting more and measuring again`)
+      if (unhealthy(measured)) run.fail(`${s.label}: attempt ${attempt}: ${describeFailures(measured)}`)
+      run.say(`  the token pool (${fmtInt(poolSize)}) ran out after ${measured.seconds.toFixed(1)} s: minting more and measuring again`)
       poolSize *= 3
     }
     if (measured === null) throw new Error('nothing measured')
     result.measured = measured
-    if (measured.exhausted) fail(`${s.label}: the pool of distinct tokens ran out twice; the run is shorter than --duration`)
-    if (unhealthy(measured)) fail(`${s.label}: ${describeFailures(measured)}`)
+    if (measured.exhausted) run.fail(`${s.label}: the pool of distinct tokens ran out twice; the run is shorter than --duration`)
+    if (unhealthy(measured)) run.fail(`${s.label}: ${describeFailures(measured)}`)
     if (opts.ceilingRps !== null && s.server !== 'hello') result.ratioToCeiling = measured.rps / opts.ceilingRps
-    say(`  ${fmtInt(measured.rps)} req/s, p50 ${fmtMs(measured.latency.p50)} ms, p99 ${fmtMs(measured.latency.p99)} ms, p99.9 ${fmtMs(measured.latency.p999)} ms, non-2xx ${measured.non2xx}`)
-    if (result.cpu !== null) say(`  ${cpuLine(result.cpu)}`)
+    run.say(`  ${fmtInt(measured.rps)} req/s, p50 ${fmtMs(measured.latency.p50)} ms, p99 ${fmtMs(measured.latency.p99)} ms, p99.9 ${fmtMs(measured.latency.p999)} ms, non-2xx ${measured.non2xx}`)
+    if (result.cpu !== null) run.say(`  ${cpuLine(result.cpu)}`)
     if (result.cpu?.others !== null && result.cpu?.others !== undefined && result.cpu.others > 0.25) {
       const warning = `${s.label}: other processes used ${result.cpu.others.toFixed(2)} cores during the measurement: its numbers are low and noisy`
-      warnings.push(warning)
-      say(`  warning: ${warning}`)
+      run.warnings.push(warning)
+      run.say(`  warning: ${warning}`)
     }
 
     if (opts.keepServer === true) return { result, server, minter, prefix, rotations: rotations2xx, sent: tokensSent }
     await server.stop()
     server = null
-    if (s.rotates) result.redisCheck = await checkRotations(target.client, prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
+    if (s.rotates) result.redisCheck = await checkRotations(run, target.client, prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
     if (opts.afterRun !== undefined) await opts.afterRun({ prefix, answered2xx: rotations2xx, sent: tokensSent })
   } catch (error) {
     result.error = error instanceof Error ? error.message : String(error)
-    fail(`${s.label}: ${result.error}`)
+    run.fail(`${s.label}: ${result.error}`)
   } finally {
     if (server !== null && opts.keepServer !== true) await server.stop()
     if (target.client !== null && opts.keepServer !== true && s.server === 'rotor') {
       const started = process.hrtime.bigint()
       const keysDeleted = await deletePrefix(target.client, prefix)
       result.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
-      if (keysDeleted > 10_000) say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${result.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
+      if (keysDeleted > 10_000) run.say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${result.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
     }
   }
   return { result, server: opts.keepServer === true ? server : null, minter, prefix, rotations: rotations2xx, sent: tokensSent }
@@ -417,11 +389,11 @@ function sampleOf (at: number, usage: NodeJS.MemoryUsage): MemorySample {
  * memory after a full GC (the child runs with --expose-gc; the GC pause is the server's own, a few
  * ms on a heap this small) and the interval's latency. Growth is judged by memoryVerdict.
  */
-async function runSoak (seconds: number, results: ScenarioResult[]): Promise<SoakReport> {
+async function runSoak (run: RunContext, seconds: number, results: ScenarioResult[]): Promise<SoakReport> {
   const intervalSeconds = seconds >= 300 ? 60 : 10
   const report: SoakReport = { seconds, intervalSeconds, maxRps: 0, targetRps: 0, baseline: null, intervals: [], load: null, verdict: null, redisCheck: null, cleanup: null }
   const s = scenario('refresh')
-  const { result, server, minter, prefix, rotations, sent } = await runScenario(s, { ceilingRps: null, keepServer: true, exposeGc: true })
+  const { result, server, minter, prefix, rotations, sent } = await runScenario(run, s, { ceilingRps: null, keepServer: true, exposeGc: true })
   results.push(result)
   try {
     if (server === null || minter === null || result.measured === null) throw new Error('the maximum refresh rate could not be measured')
@@ -431,13 +403,13 @@ async function runSoak (seconds: number, results: ScenarioResult[]): Promise<Soa
     report.baseline = sampleOf(0, first.memory)
     let lastCpu = first.cpu
     let lastAt = process.hrtime.bigint()
-    say(`\n▶ soak: refresh at ${fmtInt(report.targetRps)} req/s (half of the ${fmtInt(report.maxRps)} measured) for ${seconds} s; every ${intervalSeconds} s the server's memory after a full GC`)
-    say('  (autocannon\'s overallRate releases each second\'s budget at the start of the second: latencies include draining that burst)')
-    say(`  baseline: rss ${fmtMiB(report.baseline.rss)}, heap used ${fmtMiB(report.baseline.heapUsed)} of ${fmtMiB(report.baseline.heapTotal)}`)
+    run.say(`\n▶ soak: refresh at ${fmtInt(report.targetRps)} req/s (half of the ${fmtInt(report.maxRps)} measured) for ${seconds} s; every ${intervalSeconds} s the server's memory after a full GC`)
+    run.say('  (autocannon\'s overallRate releases each second\'s budget at the start of the second: latencies include draining that burst)')
+    run.say(`  baseline: rss ${fmtMiB(report.baseline.rss)}, heap used ${fmtMiB(report.baseline.heapUsed)} of ${fmtMiB(report.baseline.heapTotal)}`)
     const header = ['t s', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'server CPU', 'rss', 'heap used', 'heap total']
     const widths = header.map((h) => Math.max(h.length, 10))
     const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 10)).join(' ')
-    say(`  ${line(header)}`)
+    run.say(`  ${line(header)}`)
     const samples: MemorySample[] = []
     const load = await runLoad({
       url: server.url,
@@ -446,7 +418,7 @@ async function runSoak (seconds: number, results: ScenarioResult[]): Promise<Soa
       // Minted just in time (an HMAC each, a few µs here): a long soak would need millions up front.
       body: () => `{"refresh_token":"${minter.refreshToken()}"}`,
       duration: seconds,
-      connections: options.connections,
+      connections: run.options.connections,
       overallRate: report.targetRps,
       verify: (body) => body.includes(s.expect),
       interval: {
@@ -463,32 +435,32 @@ async function runSoak (seconds: number, results: ScenarioResult[]): Promise<Soa
             lastAt = at
             samples.push(memory)
           } catch (error) {
-            fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
+            run.fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
           }
           report.intervals.push({ ...stats, memory, serverCpu })
-          say(`  ${line([stats.at.toFixed(0), fmtInt(stats.rps), fmtMs(stats.latency.p50), fmtMs(stats.latency.p99), fmtMs(stats.latency.p999), String(stats.non2xx),
+          run.say(`  ${line([stats.at.toFixed(0), fmtInt(stats.rps), fmtMs(stats.latency.p50), fmtMs(stats.latency.p99), fmtMs(stats.latency.p999), String(stats.non2xx),
             serverCpu === null ? '?' : serverCpu.toFixed(2), memory === null ? '?' : fmtMiB(memory.rss), memory === null ? '?' : fmtMiB(memory.heapUsed), memory === null ? '?' : fmtMiB(memory.heapTotal)])}`)
         }
       }
     })
     const { intervals: _intervals, ...rest } = load
     report.load = rest
-    if (unhealthy(load)) fail(`soak: ${describeFailures(load)}`)
-    say(`  soak total: ${fmtInt(load.responses)} refreshes in ${load.seconds.toFixed(0)} s, ${fmtInt(load.rps)} req/s, p50 ${fmtMs(load.latency.p50)} ms, p99 ${fmtMs(load.latency.p99)} ms, p99.9 ${fmtMs(load.latency.p999)} ms`)
+    if (unhealthy(load)) run.fail(`soak: ${describeFailures(load)}`)
+    run.say(`  soak total: ${fmtInt(load.responses)} refreshes in ${load.seconds.toFixed(0)} s, ${fmtInt(load.rps)} req/s, p50 ${fmtMs(load.latency.p50)} ms, p99 ${fmtMs(load.latency.p99)} ms, p99.9 ${fmtMs(load.latency.p999)} ms`)
     report.verdict = memoryVerdict(samples)
-    say(`  ${report.verdict.text}`)
-    if (report.verdict.grew) fail(`soak: ${report.verdict.text}`)
+    run.say(`  ${report.verdict.text}`)
+    if (report.verdict.grew) run.fail(`soak: ${report.verdict.text}`)
     await server.stop()
-    report.redisCheck = await checkRotations(redis, prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
+    report.redisCheck = await checkRotations(run, run.redis, prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
   } catch (error) {
-    fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
+    run.fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
   } finally {
     if (server !== null) await server.stop()
-    if (redis !== null) {
+    if (run.redis !== null) {
       const started = process.hrtime.bigint()
-      const keysDeleted = await deletePrefix(redis, prefix)
+      const keysDeleted = await deletePrefix(run.redis, prefix)
       report.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
-      say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${report.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
+      run.say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${report.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
     }
   }
   return report
@@ -555,9 +527,9 @@ function signedMs (ms: number): string {
  * (fresh server child, preflight, warm-up, every response checked, rotations counted), so a
  * single non-2xx (a WAIT that timed out, a NOREPLICAS) fails the run.
  */
-async function runReplication (results: ScenarioResult[], ceilingRps: number | null): Promise<ReplicationReport> {
+async function runReplication (run: RunContext, results: ScenarioResult[], ceilingRps: number | null): Promise<ReplicationReport> {
   const report: ReplicationReport = { redisVersion: null, servers: { lone: null, primary: null, replica: null }, variants: [], summary: [] }
-  say('\n▶ replication: refresh against redis-servers of the bench\'s own (free ports; never the shared Redis)')
+  run.say('\n▶ replication: refresh against redis-servers of the bench\'s own (free ports; never the shared Redis)')
 
   const record = (id: VariantId, result: ScenarioResult, before: ReplicationState | null, after: ReplicationState | null, replicaRecords: ReplicationVariant['replicaRecords']): void => {
     const m = result.measured
@@ -581,7 +553,7 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
   }
   const measure = async (id: VariantId, target: RedisTarget, env: Record<string, string>, afterRun?: RunScenarioOptions['afterRun']): Promise<ScenarioResult> => {
     const { name, label } = VARIANTS[id]
-    const { result } = await runScenario(scenario('refresh', { name, label }), { ceilingRps, target, env, ...(afterRun === undefined ? {} : { afterRun }) })
+    const { result } = await runScenario(run, scenario('refresh', { name, label }), { ceilingRps, target, env, ...(afterRun === undefined ? {} : { afterRun }) })
     results.push(result)
     return result
   }
@@ -592,11 +564,11 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
     lone = await BenchRedis.start()
     report.servers.lone = { port: lone.port, pid: lone.pid }
     report.redisVersion = (await lone.info('server'))['redis_version'] ?? null
-    say(`  lone redis-server ${report.redisVersion ?? '?'}: pid ${lone.pid}, port ${lone.port}`)
+    run.say(`  lone redis-server ${report.redisVersion ?? '?'}: pid ${lone.pid}, port ${lone.port}`)
     const result = await measure('lone', { url: lone.url, client: lone.client, cpu: lone.client }, { REDIS_WAIT_REPLICAS: '0' })
     record('lone', result, null, null, null)
   } catch (error) {
-    fail(`replication: lone Redis: ${error instanceof Error ? error.message : String(error)}`)
+    run.fail(`replication: lone Redis: ${error instanceof Error ? error.message : String(error)}`)
   } finally {
     await lone?.stop()
   }
@@ -607,7 +579,7 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
     const { primary, replica } = pair
     report.servers.primary = { port: primary.port, pid: primary.pid }
     report.servers.replica = { port: replica.port, pid: replica.pid }
-    say(`\n  primary pid ${primary.pid}, port ${primary.port}; replica pid ${replica.pid}, port ${replica.port} (--replicaof 127.0.0.1 ${primary.port}): master_link_status:up`)
+    run.say(`\n  primary pid ${primary.pid}, port ${primary.port}; replica pid ${replica.pid}, port ${replica.port} (--replicaof 127.0.0.1 ${primary.port}): master_link_status:up`)
     const target: RedisTarget = { url: primary.url, client: primary.client, cpu: [primary.client, replica.client] }
 
     for (const id of ['a', 'b', 'c'] as const) {
@@ -622,7 +594,7 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
           await primary.configSet('min-replicas-to-write', '1')
           await until('the primary to count its replica as good (min_slaves_good_slaves:1)', async () => (await pair?.state())?.goodReplicas === 1, 5000)
           before = await pair.state()
-          say(`\n  primary: CONFIG SET min-replicas-to-write 1, min-replicas-max-lag 10 (${describeState(before)})`)
+          run.say(`\n  primary: CONFIG SET min-replicas-to-write 1, min-replicas-max-lag 10 (${describeState(before)})`)
         }
         let replicaRecords: ReplicationVariant['replicaRecords'] = null
         // (c): every 2xx waited for the replica's confirmation, so the replica holds its record already.
@@ -632,23 +604,23 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
             const found = await countKeys(replica.client, `${escapeGlob(prefix)}{*}:j:*`)
             const ok = found >= answered2xx && found <= sent
             replicaRecords = { found, answered2xx, sent, ok }
-            if (!ok) fail(`${VARIANTS.c.label}: the replica held ${found} rotated-token records right after the run, expected between ${answered2xx} (2xx answered, each confirmed by WAIT) and ${sent}`)
-            else say(`  replica: ${fmtInt(found)} rotated-token records right after the run, for ${fmtInt(answered2xx)} 2xx: every answered rotation had reached the replica`)
+            if (!ok) run.fail(`${VARIANTS.c.label}: the replica held ${found} rotated-token records right after the run, expected between ${answered2xx} (2xx answered, each confirmed by WAIT) and ${sent}`)
+            else run.say(`  replica: ${fmtInt(found)} rotated-token records right after the run, for ${fmtInt(answered2xx)} 2xx: every answered rotation had reached the replica`)
           }
         const result = await measure(id, target, { REDIS_WAIT_REPLICAS: id === 'c' ? '1' : '0' }, afterRun)
         const after = await pair.state()
-        if (!after.linkUp || after.connectedReplicas !== 1) fail(`${VARIANTS[id].label}: the replica detached during the run (${describeState(after)}): not a measurement of replication`)
+        if (!after.linkUp || after.connectedReplicas !== 1) run.fail(`${VARIANTS[id].label}: the replica detached during the run (${describeState(after)}): not a measurement of replication`)
         record(id, result, before, after, replicaRecords)
       } finally {
         if (id === 'b') {
           await primary.configSet('min-replicas-to-write', '0')
           if (lagBefore !== null) await primary.configSet('min-replicas-max-lag', lagBefore)
-          say('  primary: CONFIG SET min-replicas-to-write 0 (unset)')
+          run.say('  primary: CONFIG SET min-replicas-to-write 0 (unset)')
         }
       }
     }
   } catch (error) {
-    fail(`replication: ${error instanceof Error ? error.message : String(error)}`)
+    run.fail(`replication: ${error instanceof Error ? error.message : String(error)}`)
   } finally {
     await pair?.stop()
   }
@@ -680,7 +652,7 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
     const v = get(id)
     if (v !== undefined) v.againstAsync = compare(v, a)
   }
-  const timeout = options.serverEnv['REDIS_WAIT_TIMEOUT_MS'] ?? '100'
+  const timeout = run.options.serverEnv['REDIS_WAIT_TIMEOUT_MS'] ?? '100'
   report.summary = [
     'replication, refresh (EdDSA): the extra cost of each guard against asynchronous-replication loss, relative to (a) asynchronous replication',
     line('(b) primary with min-replicas-to-write 1, min-replicas-max-lag 10', get('b')?.againstAsync ?? null, a, get('b')),
@@ -699,26 +671,20 @@ async function runReplication (results: ScenarioResult[], ceilingRps: number | n
 
 interface Machine { cpus: number, cpuModel: string, memoryBytes: number, node: string, platform: string, redis: string, loadAverageAtStart: number[] }
 
-async function main (): Promise<number> {
-  try {
-    options = parseOptions(process.argv.slice(2))
-  } catch (error) {
-    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
-    return 2
-  }
+/** Everything the options ask for, in order, then the tables and the results file: the exit code. */
+async function benchmark (run: RunContext): Promise<number> {
   const startedAt = new Date()
   // --replication alone (hello and its own redis-servers) never touches the shared Redis.
-  const needsShared = options.soak !== null || options.denylistSizes.length > 0 || options.scenarios.some((name) => name !== 'hello')
-  let shared: Redis | null = null
+  const needsShared = run.options.soak !== null || run.options.denylistSizes.length > 0 || run.options.scenarios.some((name) => name !== 'hello')
   if (needsShared) {
     try {
-      shared = await connectRedis(options.redisUrl)
-      redis = shared
+      run.redis = await connectRedis(run.options.redisUrl)
     } catch (error) {
-      process.stderr.write(`bench: cannot reach Redis at ${options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
+      process.stderr.write(`bench: cannot reach Redis at ${run.options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
       return 1
     }
   }
+  const shared = run.redis
   const machine: Machine = {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? 'unknown',
@@ -728,8 +694,8 @@ async function main (): Promise<number> {
     redis: shared === null ? 'not used' : await redisVersion(shared),
     loadAverageAtStart: loadavg()
   }
-  say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${options.redisUrl}`}`)
-  say(`server in a child process, autocannon here, ${options.connections} connections, ${options.warmup} s warm-up + ${options.duration} s per scenario; keys under ${RUN_PREFIX}* (deleted afterwards)`)
+  run.say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${run.options.redisUrl}`}`)
+  run.say(`server in a child process, autocannon here, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
   const denylist: Array<{ entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }> = []
@@ -737,28 +703,28 @@ async function main (): Promise<number> {
   let replication: ReplicationReport | null = null
   let ceilingRps: number | null = null
 
-  if (options.soak !== null) {
-    soak = await runSoak(options.soak, results)
+  if (run.options.soak !== null) {
+    soak = await runSoak(run, run.options.soak, results)
   } else {
-    const names: ScenarioName[] = ['hello', ...options.scenarios.filter((name) => name !== 'hello')]
-    if (options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
+    const names: ScenarioName[] = ['hello', ...run.options.scenarios.filter((name) => name !== 'hello')]
+    if (run.options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
     for (const name of names) {
-      const { result } = await runScenario(scenario(name), { ceilingRps })
+      const { result } = await runScenario(run, scenario(name), { ceilingRps })
       results.push(result)
       if (name === 'hello' && result.measured !== null) ceilingRps = result.measured.rps
     }
     const baseline = results.find((r) => r.name === 'refresh')?.measured?.rps ?? null
-    for (const entries of options.denylistSizes) {
+    for (const entries of run.options.denylistSizes) {
       if (shared === null) throw new Error('no connection to the shared Redis')
       const before = await usedMemory(shared)
-      const { result } = await runScenario(scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
+      const { result } = await runScenario(run, scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
       results.push(result)
       const after = await usedMemory(shared)
       const rps = result.measured?.rps ?? null
       denylist.push({ entries, fill: result.fill, rps, ratioToRefresh: rps === null || baseline === null ? null : rps / baseline })
-      say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
+      run.say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
     }
-    if (options.replication) replication = await runReplication(results, ceilingRps)
+    if (run.options.replication) replication = await runReplication(run, results, ceilingRps)
   }
 
   // ------------------------------------------------------------ report
@@ -777,30 +743,30 @@ async function main (): Promise<number> {
       cores(r.cpu?.server), cores(r.cpu?.bench), cores(r.cpu?.redis), cores(r.cpu?.others)
     ]
   })
-  say('')
-  say(table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows))
-  say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  run.say('')
+  run.say(table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows))
+  run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
   if (denylist.length > 0) {
-    say('')
-    say(table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
+    run.say('')
+    run.say(table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
       denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
         d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)])))
   }
   if (replication !== null) {
-    say('')
-    for (const text of replication.summary) say(text)
-    say('  (one run each, in this order, on a machine shared with anything else running: compare within a run, and repeat before trusting a few %)')
+    run.say('')
+    for (const text of replication.summary) run.say(text)
+    run.say('  (one run each, in this order, on a machine shared with anything else running: compare within a run, and repeat before trusting a few %)')
   }
 
   const finishedAt = new Date()
   const file = writeResults(startedAt, {
     startedAt: startedAt.toISOString(),
     finishedAt: finishedAt.toISOString(),
-    ok: failures.length === 0,
-    failures,
-    warnings,
+    ok: run.failures.length === 0,
+    failures: run.failures,
+    warnings: run.warnings,
     machine,
-    options: { ...options, redisUrl: options.redisUrl.replace(/\/\/[^@/]*@/, '//***@') },
+    options: { ...run.options, redisUrl: run.options.redisUrl.replace(/\/\/[^@/]*@/, '//***@') },
     notes: [
       'latencies in ms from every response (exact percentiles); autocannonLatency is autocannon\'s own histogram (whole ms)',
       'rps = completed responses / measured seconds; warm-up excluded',
@@ -812,12 +778,12 @@ async function main (): Promise<number> {
     soak,
     replication
   })
-  if (warnings.length > 0) say(`\nwarning: ${warnings.length} measurement${warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
-  say(`\nresults: ${file}`)
-  if (failures.length > 0) {
-    process.stdout.write(loudFailures(failures))
+  if (run.warnings.length > 0) run.say(`\nwarning: ${run.warnings.length} measurement${run.warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
+  run.say(`\nresults: ${file}`)
+  if (run.failures.length > 0) {
+    process.stdout.write(loudFailures(run.failures))
     // Seen even when stdout goes to a file.
-    if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stderr.write(loudFailures(failures))
+    if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stderr.write(loudFailures(run.failures))
     return 1
   }
   return 0
@@ -842,51 +808,65 @@ function writeResults (startedAt: Date, data: unknown): string {
 
 // ---------------------------------------------------------------- every exit path
 
-async function cleanUp (): Promise<void> {
+async function cleanUp (run: RunContext): Promise<void> {
   killAllServers()
   killAllRedisServers()
   removeKeysFiles()
-  if (redis !== null) {
-    const client = redis
-    redis = null
+  if (run.redis !== null) {
+    const client = run.redis
+    // Taken once: an abort's cleanup and main's own may both be under way.
+    run.redis = null
     try {
       const deleted = await Promise.race([
-        deletePrefix(client, RUN_PREFIX),
+        deletePrefix(client, run.prefix),
         new Promise<number>((_resolve, reject) => setTimeout(() => { reject(new Error('timed out')) }, 60_000).unref())
       ])
-      if (deleted > 0) say(`cleanup: deleted ${fmtInt(deleted)} leftover keys under ${RUN_PREFIX}`)
+      if (deleted > 0) run.say(`cleanup: deleted ${fmtInt(deleted)} leftover keys under ${run.prefix}`)
     } catch (error) {
-      process.stderr.write(`bench: could not delete keys under ${RUN_PREFIX}: ${error instanceof Error ? error.message : String(error)}; delete them with SCAN MATCH '${RUN_PREFIX}*' + DEL\n`)
+      process.stderr.write(`bench: could not delete keys under ${run.prefix}: ${error instanceof Error ? error.message : String(error)}; delete them with SCAN MATCH '${run.prefix}*' + DEL\n`)
     } finally {
       client.disconnect()
     }
   }
 }
 
-let exiting = false
-async function abort (why: string, code: number): Promise<void> {
-  if (exiting) process.exit(code)
-  exiting = true
-  process.stderr.write(`\nbench: ${why}; stopping the server and cleaning Redis …\n`)
-  stopCurrentLoad()
-  await cleanUp()
-  process.exit(code)
+/**
+ * Parses the command line, creates the run's context, and sees that every exit path (the end, an
+ * error, a signal) stops the children and deletes the run's keys.
+ */
+async function main (argv: string[]): Promise<number> {
+  let options: Options
+  try {
+    options = parseOptions(argv)
+  } catch (error) {
+    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
+    return 2
+  }
+  const run = new RunContext(options)
+  let exiting = false
+  const abort = async (why: string, code: number): Promise<void> => {
+    if (exiting) process.exit(code)
+    exiting = true
+    process.stderr.write(`\nbench: ${why}; stopping the server and cleaning Redis …\n`)
+    stopCurrentLoad()
+    await cleanUp(run)
+    process.exit(code)
+  }
+  process.on('SIGINT', () => { void abort('interrupted', 130) })
+  process.on('SIGTERM', () => { void abort('terminated', 143) })
+  process.on('SIGHUP', () => { void abort('hung up', 129) })
+  process.on('uncaughtException', (error) => { process.stderr.write(`${error.stack ?? String(error)}\n`); void abort('uncaught exception', 1) })
+  process.on('unhandledRejection', (error) => { process.stderr.write(`${error instanceof Error ? error.stack ?? error.message : String(error)}\n`); void abort('unhandled rejection', 1) })
+  try {
+    return await benchmark(run)
+  } catch (error) {
+    process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
+    return 1
+  } finally {
+    await cleanUp(run)
+  }
 }
 
+// Only what can be done synchronously (an exit listener cannot wait): the children and the key file.
 process.on('exit', () => { killAllServers(); killAllRedisServers(); removeKeysFiles() })
-process.on('SIGINT', () => { void abort('interrupted', 130) })
-process.on('SIGTERM', () => { void abort('terminated', 143) })
-process.on('SIGHUP', () => { void abort('hung up', 129) })
-process.on('uncaughtException', (error) => { process.stderr.write(`${error.stack ?? String(error)}\n`); void abort('uncaught exception', 1) })
-process.on('unhandledRejection', (error) => { process.stderr.write(`${error instanceof Error ? error.stack ?? error.message : String(error)}\n`); void abort('unhandled rejection', 1) })
-
-let code = 1
-try {
-  code = await main()
-} catch (error) {
-  process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
-  code = 1
-} finally {
-  await cleanUp()
-}
-process.exit(code)
+process.exit(await main(process.argv.slice(2)))
