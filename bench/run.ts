@@ -26,9 +26,7 @@
  * on every exit path. Results: a table on stdout and bench/results/<timestamp>.json.
  * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem } from 'node:os'
-import { fileURLToPath } from 'node:url'
 import type { Redis } from 'ioredis'
 import { killAllServers, ServerProcess } from './child.js'
 import { RunContext } from './context.js'
@@ -38,6 +36,7 @@ import { parseOptions, USAGE, type Options, type ScenarioName } from './options.
 import { connectRedis, countKeys, deletePrefix, escapeGlob, fillDenylist, redisVersion, usedMemory, type FillResult } from './redis.js'
 import { BenchRedis, killAllRedisServers, ReplicatedRedis, until, type ReplicationState } from './replication.js'
 import { fmtInt, fmtMiB, fmtMs, latencyCells, loudFailures, memoryVerdict, table, type MemorySample, type MemoryVerdict } from './report.js'
+import { resultsDir, writeResults } from './results.js'
 import { Minter, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
 
 // ---------------------------------------------------------------- scenarios
@@ -791,19 +790,6 @@ async function benchmark (run: RunContext): Promise<number> {
 
 function shortCount (n: number): string {
   return n >= 1e6 && n % 1e5 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 100 === 0 ? `${n / 1e3}k` : String(n)
-}
-
-function resultsDir (): string {
-  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
-  mkdirSync(dir, { recursive: true })
-  return dir
-}
-
-function writeResults (startedAt: Date, data: unknown): string {
-  const dir = resultsDir()
-  const path = `${dir}${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
-  writeFileSync(path, `${JSON.stringify(data, null, 2)}\n`)
-  return path
 }
 
 // ---------------------------------------------------------------- every exit path
