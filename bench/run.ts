@@ -26,23 +26,18 @@
  * on every exit path. Results: a table on stdout and bench/results/<timestamp>.json.
  * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
  */
-import { cpus, loadavg, totalmem } from 'node:os'
 import { killAllServers } from './child.js'
 import { RunContext } from './context.js'
 import { stopCurrentLoad } from './load.js'
 import { parseOptions, USAGE, type Options, type ScenarioName } from './options.js'
-import { connectRedis, deletePrefix, redisVersion, usedMemory, type FillResult } from './redis.js'
+import { connectRedis, deletePrefix, usedMemory } from './redis.js'
 import { killAllRedisServers } from './replication.js'
 import { runReplication, type ReplicationReport } from './replication-cost.js'
-import { fmtInt, fmtMiB, latencyCells, loudFailures, table } from './report.js'
-import { writeResults } from './results.js'
-import { runScenario, scenario, unhealthy, type ScenarioResult } from './scenarios.js'
+import { fmtInt, fmtMiB, loudFailures, shortCount } from './report.js'
+import { denylistTable, describeMachine, resultsTable, writeResults, type DenylistRow } from './results.js'
+import { runScenario, scenario, type ScenarioResult } from './scenarios.js'
 import { runSoak, type SoakReport } from './soak.js'
 import { removeKeysFiles } from './tokens.js'
-
-// ---------------------------------------------------------------- main
-
-interface Machine { cpus: number, cpuModel: string, memoryBytes: number, node: string, platform: string, redis: string, loadAverageAtStart: number[] }
 
 /** Everything the options ask for, in order, then the tables and the results file: the exit code. */
 async function benchmark (run: RunContext): Promise<number> {
@@ -58,20 +53,12 @@ async function benchmark (run: RunContext): Promise<number> {
     }
   }
   const shared = run.redis
-  const machine: Machine = {
-    cpus: cpus().length,
-    cpuModel: cpus()[0]?.model ?? 'unknown',
-    memoryBytes: totalmem(),
-    node: process.version,
-    platform: `${process.platform}-${process.arch}`,
-    redis: shared === null ? 'not used' : await redisVersion(shared),
-    loadAverageAtStart: loadavg()
-  }
+  const machine = await describeMachine(shared)
   run.say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${run.options.redisUrl}`}`)
   run.say(`server in a child process, autocannon here, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
-  const denylist: Array<{ entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }> = []
+  const denylist: DenylistRow[] = []
   let soak: SoakReport | null = null
   let replication: ReplicationReport | null = null
   let ceilingRps: number | null = null
@@ -100,30 +87,12 @@ async function benchmark (run: RunContext): Promise<number> {
     if (run.options.replication) replication = await runReplication(run, results, ceilingRps)
   }
 
-  // ------------------------------------------------------------ report
-  const rows = results.filter((r) => r.measured !== null || r.error !== null).map((r) => {
-    const m = r.measured
-    if (m === null) return [`!! ${r.label}`, 'FAILED', '', '', '', '', '', '', '', '', '', '']
-    const bad = unhealthy(m) || m.exhausted
-    const cores = (n: number | null | undefined): string => n === null || n === undefined ? '?' : n.toFixed(2)
-    return [
-      `${bad ? '!! ' : ''}${r.label}`,
-      fmtInt(m.rps),
-      ...latencyCells(m.latency),
-      String(m.non2xx),
-      String(m.errors + m.timeouts),
-      r.ratioToCeiling === null ? (r.name === 'hello' ? '1.000' : '') : r.ratioToCeiling.toFixed(3),
-      cores(r.cpu?.server), cores(r.cpu?.bench), cores(r.cpu?.redis), cores(r.cpu?.others)
-    ]
-  })
   run.say('')
-  run.say(table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows))
+  run.say(resultsTable(results))
   run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
   if (denylist.length > 0) {
     run.say('')
-    run.say(table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
-      denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
-        d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)])))
+    run.say(denylistTable(denylist))
   }
   if (replication !== null) {
     run.say('')
@@ -160,10 +129,6 @@ async function benchmark (run: RunContext): Promise<number> {
     return 1
   }
   return 0
-}
-
-function shortCount (n: number): string {
-  return n >= 1e6 && n % 1e5 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 100 === 0 ? `${n / 1e3}k` : String(n)
 }
 
 // ---------------------------------------------------------------- every exit path

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis'
 import { ServerProcess } from './child.js'
 import type { RunContext } from './context.js'
 import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
-import { runLoad, type LoadResult } from './load.js'
+import { runLoad, unhealthy, type LoadResult } from './load.js'
 import type { ScenarioName } from './options.js'
 import { countKeys, deletePrefix, escapeGlob, fillDenylist, type FillResult } from './redis.js'
 import { fmtInt, fmtMiB, fmtMs } from './report.js'
@@ -138,10 +138,6 @@ export function describeFailures (result: LoadResult): string {
   if (result.mismatches > 0) parts.push(`${result.mismatches} 2xx with an unexpected body`)
   const sample = result.sampleFailures[0]
   return parts.join(', ') + (sample === undefined ? '' : `; first: ${sample}`)
-}
-
-export function unhealthy (result: LoadResult): boolean {
-  return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
 }
 
 async function preflight (server: ServerProcess, s: Scenario, apiKey: string, body: string | undefined): Promise<void> {

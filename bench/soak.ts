@@ -1,8 +1,8 @@
 import type { RunContext } from './context.js'
-import { runLoad, type IntervalStats, type LoadResult } from './load.js'
+import { runLoad, unhealthy, type IntervalStats, type LoadResult } from './load.js'
 import { deletePrefix } from './redis.js'
 import { fmtInt, fmtMiB, fmtMs, memoryVerdict, type MemorySample, type MemoryVerdict } from './report.js'
-import { checkRotations, describeFailures, runScenario, scenario, unhealthy, type RedisCheck, type ScenarioResult } from './scenarios.js'
+import { checkRotations, describeFailures, runScenario, scenario, type RedisCheck, type ScenarioResult } from './scenarios.js'
 
 interface SoakInterval extends IntervalStats {
   memory: MemorySample | null
