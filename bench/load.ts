@@ -95,6 +95,7 @@ export function unhealthy (result: LoadResult): boolean {
   return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
 }
 
+/** The run in progress (one at a time), for a signal handler to stop: process-wide, like the sets of live children. */
 let current: autocannon.Instance | null = null
 
 /** Stops the run in progress (on SIGINT). */
