@@ -5,7 +5,10 @@ import type { FromChild, ServerKind, ServerStats, ToChild } from './server.js'
 const SERVER_SCRIPT = fileURLToPath(new URL('./server.js', import.meta.url))
 const START_TIMEOUT_MS = 20_000
 
-/** Every child still running: killed on any exit path of the bench (see killAllServers). */
+/**
+ * Every child still running: killed on any exit path of the bench (see killAllServers). Process-wide,
+ * not the run context's: process.on('exit') must reach it, synchronously.
+ */
 const live = new Set<ChildProcess>()
 
 /** SIGKILLs every server child still alive. Synchronous, so it is safe in process.on('exit'). */

@@ -90,6 +90,12 @@ export interface LoadResult {
   intervals: IntervalStats[]
 }
 
+/** Any non-2xx, connection error, timeout or 2xx with an unexpected body: a run that fails the bench. */
+export function unhealthy (result: LoadResult): boolean {
+  return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
+}
+
+/** The run in progress (one at a time), for a signal handler to stop: process-wide, like the sets of live children. */
 let current: autocannon.Instance | null = null
 
 /** Stops the run in progress (on SIGINT). */

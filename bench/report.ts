@@ -14,6 +14,11 @@ export function fmtMiB (bytes: number): string {
   return `${(bytes / MiB).toFixed(1)} MiB`
 }
 
+/** 10000 → 10k, 1000000 → 1M: how --denylist-sizes are written. */
+export function shortCount (n: number): string {
+  return n >= 1e6 && n % 1e5 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 100 === 0 ? `${n / 1e3}k` : String(n)
+}
+
 /** A plain text table, numbers right-aligned. */
 export function table (header: string[], rows: string[][]): string {
   const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => (row[i] ?? '').length)))

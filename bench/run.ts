@@ -26,876 +26,89 @@
  * on every exit path. Results: a table on stdout and bench/results/<timestamp>.json.
  * Any error, timeout, non-2xx or unexpected body fails the run loudly and exits 1.
  */
-import { randomBytes } from 'node:crypto'
-import { mkdirSync, writeFileSync } from 'node:fs'
-import { cpus, loadavg, totalmem } from 'node:os'
-import { fileURLToPath } from 'node:url'
-import { parseArgs } from 'node:util'
-import type { Redis } from 'ioredis'
-import { killAllServers, ServerProcess } from './child.js'
-import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
-import { runLoad, stopCurrentLoad, type IntervalStats, type LatencySummary, type LoadResult } from './load.js'
-import { connectRedis, countKeys, deletePrefix, escapeGlob, fillDenylist, redisVersion, usedMemory, type FillResult } from './redis.js'
-import { BenchRedis, killAllRedisServers, ReplicatedRedis, until, type ReplicationState } from './replication.js'
-import { fmtInt, fmtMiB, fmtMs, latencyCells, loudFailures, memoryVerdict, table, type MemorySample, type MemoryVerdict } from './report.js'
-import { Minter, randomSecret, removeKeysFiles, writeEd25519KeysFile } from './tokens.js'
-
-// ---------------------------------------------------------------- options
-
-const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
-type ScenarioName = typeof SCENARIO_NAMES[number]
-
-interface Options {
-  duration: number
-  warmup: number
-  connections: number
-  scenarios: ScenarioName[]
-  scenariosGiven: boolean
-  denylistSizes: number[]
-  soak: number | null
-  replication: boolean
-  serverEnv: Record<string, string>
-  profile: boolean
-  redisUrl: string
-}
-
-const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
-         [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
-
-class UsageError extends Error {}
-
-function positive (name: string, text: string | undefined, fallback: number, min = 1): number {
-  if (text === undefined) return fallback
-  const value = Number(text)
-  if (!Number.isFinite(value) || value < min) throw new UsageError(`--${name} ${text}: expected a number of at least ${min}`)
-  return value
-}
-
-function count (text: string): number {
-  const match = /^(\d+(?:\.\d+)?)([km]?)$/i.exec(text.trim())
-  if (match === null) throw new UsageError(`--denylist-sizes: "${text}" is not a count (e.g. 10000, 10k, 1m)`)
-  const value = Number(match[1]) * ({ '': 1, k: 1e3, m: 1e6 }[String(match[2]).toLowerCase()] ?? 1)
-  if (!Number.isInteger(value) || value < 1) throw new UsageError(`--denylist-sizes: "${text}" is not a whole positive count`)
-  return value
-}
-
-function parseOptions (argv: string[]): Options {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    allowPositionals: false,
-    options: {
-      duration: { type: 'string' },
-      warmup: { type: 'string' },
-      connections: { type: 'string' },
-      scenarios: { type: 'string' },
-      'denylist-sizes': { type: 'string' },
-      soak: { type: 'string' },
-      replication: { type: 'boolean' },
-      'server-env': { type: 'string', multiple: true },
-      profile: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' }
-    }
-  })
-  if (values.help === true) {
-    process.stdout.write(`${USAGE}\n`)
-    process.exit(0)
-  }
-  const scenarios: ScenarioName[] = []
-  if (values.scenarios !== undefined) {
-    for (const item of values.scenarios.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
-      const found = SCENARIO_NAMES.find((name) => name === item)
-      if (found === undefined) throw new UsageError(`--scenarios: unknown "${item}" (expected ${SCENARIO_NAMES.join(', ')})`)
-      if (!scenarios.includes(found)) scenarios.push(found)
-    }
-    if (scenarios.length === 0) throw new UsageError('--scenarios: name at least one')
-  }
-  const serverEnv: Record<string, string> = {}
-  for (const pair of values['server-env'] ?? []) {
-    const at = pair.indexOf('=')
-    if (at < 1) throw new UsageError(`--server-env ${pair}: expected KEY=VALUE`)
-    serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
-  }
-  const denylistSizes = values['denylist-sizes'] === undefined ? [] : values['denylist-sizes'].split(',').filter((s) => s.trim() !== '').map(count)
-  const replication = values.replication === true
-  if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
-  return {
-    duration: positive('duration', values.duration, 10),
-    warmup: positive('warmup', values.warmup, 2, 0),
-    connections: Math.floor(positive('connections', values.connections, 32)),
-    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || replication ? [] : [...SCENARIO_NAMES],
-    scenariosGiven: scenarios.length > 0,
-    denylistSizes,
-    soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
-    replication,
-    serverEnv,
-    profile: values.profile === true,
-    redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
-  }
-}
-
-// ---------------------------------------------------------------- scenarios
-
-type BodyKind = 'none' | 'issue' | 'refresh' | 'introspect' | 'introspect-hot'
-
-interface Scenario {
-  name: string
-  label: string
-  server: 'hello' | 'rotor'
-  algorithm: 'EdDSA' | 'HS256'
-  method: 'GET' | 'POST'
-  path: string
-  apiKey: boolean
-  body: BodyKind
-  /** What every 2xx body must contain. */
-  expect: string
-  /** Each 2xx writes exactly one rotated-token record: checked in Redis afterwards. */
-  rotates: boolean
-}
-
-const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
-  hello: { label: 'hello world (ceiling)', server: 'hello', algorithm: 'EdDSA', method: 'GET', path: '/', apiKey: false, body: 'none', expect: '"hello"', rotates: false },
-  issue: { label: 'issue (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens', apiKey: true, body: 'issue', expect: '"refresh_token"', rotates: false },
-  refresh: { label: 'refresh (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
-  'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
-  introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
-  // The same 256 access tokens over and over, as backends introspect their users' tokens on every call.
-  'introspect-hot': { label: 'introspect (256 tokens, repeated)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect-hot', expect: '"active":true', rotates: false },
-  jwks: { label: 'JWKS', server: 'rotor', algorithm: 'EdDSA', method: 'GET', path: '/.well-known/jwks.json', apiKey: false, body: 'none', expect: '"keys"', rotates: false }
-}
-
-function scenario (name: ScenarioName, overrides: Partial<Scenario> = {}): Scenario {
-  return { name, ...SCENARIOS[name], ...overrides }
-}
-
-// ---------------------------------------------------------------- run state
-
-/**
- * Every key of this run lives under it, each scenario under its own `<RUN_PREFIX><n>:`. Short
- * (13 bytes with the scenario's part, against 6 for Rotor's default `rotor:`) so that the bytes per
- * denylist record stay close to a real deployment's.
- */
-const RUN_PREFIX = `rb${randomBytes(4).toString('hex')}:`
-let scenarioCount = 0
-const API_KEY = `bench-${randomBytes(18).toString('base64url')}`
-const HS256_SECRET = randomSecret()
-let keysFile: string | null = null
-
-const failures: string[] = []
-/** Not failures, but reasons to distrust a number (another workload on the machine). */
-const warnings: string[] = []
-let redis: Redis | null = null
-let options: Options
-
-function fail (message: string): void {
-  failures.push(message)
-  process.stderr.write(`bench: FAILURE: ${message}\n`)
-}
-
-function say (message: string): void {
-  process.stdout.write(`${message}\n`)
-}
-
-function rotorEnv (algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
-  keysFile ??= writeEd25519KeysFile()
-  return {
-    LOG_LEVEL: 'silent',
-    API_KEYS: API_KEY,
-    REDIS_URL: options.redisUrl,
-    REDIS_KEY_PREFIX: prefix,
-    DENYLIST_ENABLED: 'true',
-    // Rate limiting stays on, as deployed (its Redis round trip included), but never refuses.
-    RATE_LIMIT_MAX: '1000000000',
-    JWT_ALGORITHM: algorithm,
-    ...(algorithm === 'HS256' ? { JWT_SECRET: HS256_SECRET } : { JWT_KEYS_FILE: keysFile }),
-    ...options.serverEnv,
-    ...extra
-  }
-}
-
-// ---------------------------------------------------------------- one scenario
-
-/**
- * Each 2xx refresh records exactly one rotated jti, a refused or retried one none: the records
- * found must lie between the 2xx answered and the tokens sent (requests still in flight when
- * autocannon stops are processed but never counted). Fewer than the 2xx would mean a 2xx that
- * rotated nothing: a grace-window retry, i.e. a token used twice.
- */
-interface RedisCheck { fill: number, answered2xx: number, sent: number, found: number, ok: boolean }
-
-async function checkRotations (client: Redis | null, prefix: string, fill: number, answered2xx: number, sent: number): Promise<RedisCheck | null> {
-  if (client === null) return null
-  const found = await countKeys(client, `${escapeGlob(prefix)}{*}:j:*`) - fill
-  const ok = found >= answered2xx && found <= sent
-  if (!ok) fail(`Redis holds ${found} rotated-token records under ${prefix}, expected between ${answered2xx} (2xx answered) and ${sent} (tokens sent)`)
-  else say(`  Redis: ${fmtInt(found)} rotated-token records${fill > 0 ? ' besides the fill' : ''} for ${fmtInt(answered2xx)} 2xx answered and ${fmtInt(sent)} tokens sent: every 2xx was a first use`)
-  return { fill, answered2xx, sent, found, ok }
-}
-
-function cpuLine (cpu: CpuShare): string {
-  const f = (n: number | null): string => n === null ? '?' : n.toFixed(2)
-  return `CPU in cores: server ${f(cpu.server)}, bench (autocannon) ${f(cpu.bench)}, Redis ${f(cpu.redis)}, everything else ${f(cpu.others)}`
-}
-
-interface ScenarioResult {
-  name: string
-  label: string
-  redisKeyPrefix: string
-  denylistEntries: number
-  fill: FillResult | null
-  server: { kind: string, algorithm: string | null, env: Record<string, string> }
-  warmup: { seconds: number, rps: number, non2xx: number, errors: number } | null
-  measured: LoadResult | null
-  attempts: number
-  tokensMinted: number
-  ratioToCeiling: number | null
-  /** Cores used during the measured run, by whom. */
-  cpu: CpuShare | null
-  redisCheck: RedisCheck | null
-  cleanup: { keysDeleted: number, seconds: number } | null
-  error: string | null
-}
-
-/** Where bodies come from: pre-minted (one use each) for refresh and introspect. */
-class BodyPool {
-  private bodies: string[] = []
-  private index = 0
-  readonly next = (): string | undefined => this.index < this.bodies.length ? this.bodies[this.index++] : undefined
-  fill (bodies: string[]): void {
-    this.bodies = bodies
-    this.index = 0
-  }
-
-  get size (): number {
-    return this.bodies.length
-  }
-}
-
-function issueBodies (): string[] {
-  return Array.from({ length: 1024 }, (_, i) => JSON.stringify({ sub: `user-${i}`, claims: { role: 'editor' } }))
-}
-
-function mint (minter: Minter, kind: BodyKind, n: number): string[] {
-  // Only the one-use kinds are minted into the pool (refresh, introspect).
-  return kind === 'refresh' ? minter.refreshBodies(n) : minter.introspectBodies(n)
-}
-
-function describeFailures (result: LoadResult): string {
-  const codes = Object.entries(result.statusCodes).filter(([code]) => !code.startsWith('2')).map(([code, n]) => `${code}×${n}`).join(', ')
-  const parts = []
-  if (result.non2xx > 0) parts.push(`${result.non2xx} non-2xx (${codes})`)
-  if (result.errors > 0) parts.push(`${result.errors} connection errors`)
-  if (result.timeouts > 0) parts.push(`${result.timeouts} timeouts`)
-  if (result.mismatches > 0) parts.push(`${result.mismatches} 2xx with an unexpected body`)
-  const sample = result.sampleFailures[0]
-  return parts.join(', ') + (sample === undefined ? '' : `; first: ${sample}`)
-}
-
-function unhealthy (result: LoadResult): boolean {
-  return result.non2xx > 0 || result.errors > 0 || result.timeouts > 0 || result.mismatches > 0
-}
-
-async function preflight (server: ServerProcess, s: Scenario, body: string | undefined): Promise<void> {
-  const response = await fetch(`${server.url}${s.path}`, {
-    method: s.method,
-    headers: { ...(s.apiKey ? { authorization: `Bearer ${API_KEY}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body })
-  })
-  const text = await response.text()
-  if (!response.ok || !text.includes(s.expect)) {
-    throw new Error(`preflight ${s.method} ${s.path}: ${response.status} ${text.slice(0, 300)}`)
-  }
-}
-
-/** The Redis a scenario's server uses: the shared one (sharedTarget), or one of --replication's own. */
-interface RedisTarget {
-  url: string
-  /** The bench's connection to it: fill, rotation count, cleanup of the scenario's keys. */
-  client: Redis | null
-  /** Whose CPU is the "redis" column (a primary and its replica: both). */
-  cpu: Redis | readonly Redis[] | null
-}
-
-function sharedTarget (): RedisTarget {
-  return { url: options.redisUrl, client: redis, cpu: redis }
-}
-
-interface RunScenarioOptions {
-  ceilingRps: number | null
-  /** Default: the shared Redis. */
-  target?: RedisTarget
-  /** Settings for the Rotor child on top of rotorEnv's (and --server-env's). */
-  env?: Record<string, string>
-  /** After the rotation count (the server stopped), before the scenario's keys are deleted. */
-  afterRun?: (run: { prefix: string, answered2xx: number, sent: number }) => Promise<void>
-  fillEntries?: number
-  /** Soak: keep the server up and hand it over instead of stopping it. */
-  keepServer?: boolean
-  exposeGc?: boolean
-}
-
-async function runScenario (s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
-  const prefix = `${RUN_PREFIX}${++scenarioCount}:`
-  const target = opts.target ?? sharedTarget()
-  const env = s.server === 'rotor' ? rotorEnv(s.algorithm, prefix, { ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
-  const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
-  const result: ScenarioResult = {
-    name: s.name,
-    label: s.label,
-    redisKeyPrefix: prefix,
-    denylistEntries: opts.fillEntries ?? 0,
-    fill: null,
-    server: { kind: s.server, algorithm: s.server === 'rotor' ? s.algorithm : null, env: shownEnv },
-    warmup: null,
-    measured: null,
-    attempts: 0,
-    tokensMinted: 0,
-    ratioToCeiling: null,
-    cpu: null,
-    redisCheck: null,
-    cleanup: null,
-    error: null
-  }
-  say(`\n▶ ${s.label} (Redis keys under ${prefix})`)
-  let server: ServerProcess | null = null
-  let minter: Minter | null = null
-  let rotations2xx = 0
-  let tokensSent = 0
-  try {
-    if (opts.fillEntries !== undefined && opts.fillEntries > 0) {
-      if (target.client === null) throw new Error('no Redis connection')
-      say(`  filling the denylist with ${fmtInt(opts.fillEntries)} records …`)
-      const fill = await fillDenylist(target.client, target.url, prefix, opts.fillEntries, 7 * 86_400_000)
-      result.fill = fill
-      say(`  filled in ${fill.seconds.toFixed(1)} s (${fmtInt(fill.perSecond)} SET/s); used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
-      say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
-    }
-
-    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(options.profile ? { profileDir: resultsDir(), profileName: `${scenarioCount}-${s.name}` } : {}) })
-    say(`  server pid ${server.pid} at ${server.url}`)
-    if (s.body === 'refresh' || s.body === 'introspect' || s.body === 'introspect-hot') minter = new Minter(env)
-
-    const pool = new BodyPool()
-    // Bodies used round and round (not one use each): issue's, and the hot introspection's tokens.
-    const cycled = s.body === 'issue' ? issueBodies() : s.body === 'introspect-hot' && minter !== null ? minter.introspectBodies(256) : []
-    let cycledIndex = 0
-    const bodyFor = (): (() => string | undefined) | undefined => {
-      if (s.body === 'none') return undefined
-      if (cycled.length > 0) return () => cycled[cycledIndex++ % cycled.length]
-      return pool.next
-    }
-    const mintInto = (n: number): void => {
-      if (minter === null) return
-      const started = process.hrtime.bigint()
-      pool.fill(mint(minter, s.body, n))
-      result.tokensMinted += n
-      say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
-    }
-
-    // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
-    const first = s.body === 'none' ? undefined : cycled.length > 0 ? cycled[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
-    if (minter !== null) result.tokensMinted += 1
-    await preflight(server, s, first)
-    if (s.rotates) rotations2xx += 1
-    tokensSent += 1
-
-    const source = bodyFor()
-    const url = server.url
-    const load = async (duration: number, limit: number | undefined): Promise<LoadResult> => runLoad({
-      url,
-      method: s.method,
-      path: s.path,
-      ...(s.apiKey ? { headers: { authorization: `Bearer ${API_KEY}` } } : {}),
-      ...(source === undefined ? {} : { body: source }),
-      ...(limit === undefined ? {} : { limit }),
-      duration,
-      connections: options.connections,
-      verify: (body) => body.includes(s.expect)
-    })
-    const pooled = s.body === 'refresh' || s.body === 'introspect'
-    // Nothing beats the ceiling.
-    const guess = opts.ceilingRps ?? 25_000
-
-    let warmRps = guess
-    if (options.warmup > 0) {
-      // The warm-up may run short of tokens: it then just ends early (nothing is measured).
-      if (pooled) mintInto(Math.ceil(Math.min(guess, 25_000) * options.warmup) + 1000)
-      const warm = await load(options.warmup, pooled ? pool.size : undefined)
-      if (s.rotates) rotations2xx += warm.statusCodes['200'] ?? 0
-      tokensSent += warm.bodiesUsed
-      result.warmup = { seconds: warm.seconds, rps: warm.rps, non2xx: warm.non2xx, errors: warm.errors + warm.timeouts }
-      warmRps = warm.rps
-      say(`  warm-up ${warm.seconds.toFixed(1)} s: ${fmtInt(warm.rps)} req/s`)
-      if (unhealthy(warm)) fail(`${s.label}: warm-up: ${describeFailures(warm)}`)
-    }
-
-    let measured: LoadResult | null = null
-    // Enough distinct tokens for the whole duration: the warm-up's rate with a wide margin (a cold
-    // warm-up can be slow), but at least half the ceiling's; if it still runs out, mint more and
-    // measure again rather than ever sending a token twice.
-    let poolSize = Math.ceil(Math.max(warmRps * 2.5, (opts.ceilingRps ?? 0) * 0.5) * options.duration) + 2000
-    for (let attempt = 1; attempt <= 2; attempt++) {
-      result.attempts = attempt
-      if (pooled) mintInto(poolSize)
-      say(`  measuring ${options.duration} s with ${options.connections} connections${attempt > 1 ? ` (attempt ${attempt})` : ''} …`)
-      const before = await cpuSnapshot(server, target.cpu)
-      measured = await load(options.duration, pooled ? pool.size : undefined)
-      result.cpu = cpuShare(before, await cpuSnapshot(server, target.cpu))
-      if (s.rotates) rotations2xx += measured.statusCodes['200'] ?? 0
-      tokensSent += measured.bodiesUsed
-      if (!measured.exhausted) break
-      if (unhealthy(measured)) fail(`${s.label}: attempt ${attempt}: ${describeFailures(measured)}`)
-      say(`  the token pool (${fmtInt(poolSize)}) ran out after ${measured.seconds.toFixed(1)} s: minting more and measuring again`)
-      poolSize *= 3
-    }
-    if (measured === null) throw new Error('nothing measured')
-    result.measured = measured
-    if (measured.exhausted) fail(`${s.label}: the pool of distinct tokens ran out twice; the run is shorter than --duration`)
-    if (unhealthy(measured)) fail(`${s.label}: ${describeFailures(measured)}`)
-    if (opts.ceilingRps !== null && s.server !== 'hello') result.ratioToCeiling = measured.rps / opts.ceilingRps
-    say(`  ${fmtInt(measured.rps)} req/s, p50 ${fmtMs(measured.latency.p50)} ms, p99 ${fmtMs(measured.latency.p99)} ms, p99.9 ${fmtMs(measured.latency.p999)} ms, non-2xx ${measured.non2xx}`)
-    if (result.cpu !== null) say(`  ${cpuLine(result.cpu)}`)
-    if (result.cpu?.others !== null && result.cpu?.others !== undefined && result.cpu.others > 0.25) {
-      const warning = `${s.label}: other processes used ${result.cpu.others.toFixed(2)} cores during the measurement: its numbers are low and noisy`
-      warnings.push(warning)
-      say(`  warning: ${warning}`)
-    }
-
-    if (opts.keepServer === true) return { result, server, minter, prefix, rotations: rotations2xx, sent: tokensSent }
-    await server.stop()
-    server = null
-    if (s.rotates) result.redisCheck = await checkRotations(target.client, prefix, opts.fillEntries ?? 0, rotations2xx, tokensSent)
-    if (opts.afterRun !== undefined) await opts.afterRun({ prefix, answered2xx: rotations2xx, sent: tokensSent })
-  } catch (error) {
-    result.error = error instanceof Error ? error.message : String(error)
-    fail(`${s.label}: ${result.error}`)
-  } finally {
-    if (server !== null && opts.keepServer !== true) await server.stop()
-    if (target.client !== null && opts.keepServer !== true && s.server === 'rotor') {
-      const started = process.hrtime.bigint()
-      const keysDeleted = await deletePrefix(target.client, prefix)
-      result.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
-      if (keysDeleted > 10_000) say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${result.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
-    }
-  }
-  return { result, server: opts.keepServer === true ? server : null, minter, prefix, rotations: rotations2xx, sent: tokensSent }
-}
-
-// ---------------------------------------------------------------- soak
-
-interface SoakInterval extends IntervalStats {
-  memory: MemorySample | null
-  /** Cores the server used over the interval. */
-  serverCpu: number | null
-}
-
-interface SoakReport {
-  seconds: number
-  intervalSeconds: number
-  maxRps: number
-  targetRps: number
-  baseline: MemorySample | null
-  intervals: SoakInterval[]
-  load: Omit<LoadResult, 'intervals'> | null
-  verdict: MemoryVerdict | null
-  redisCheck: RedisCheck | null
-  cleanup: { keysDeleted: number, seconds: number } | null
-}
-
-function sampleOf (at: number, usage: NodeJS.MemoryUsage): MemorySample {
-  return { at, rss: usage.rss, heapUsed: usage.heapUsed, heapTotal: usage.heapTotal, external: usage.external }
-}
-
-/**
- * Refresh at half the maximum rate just measured, for `seconds`: every interval, the server's
- * memory after a full GC (the child runs with --expose-gc; the GC pause is the server's own, a few
- * ms on a heap this small) and the interval's latency. Growth is judged by memoryVerdict.
- */
-async function runSoak (seconds: number, results: ScenarioResult[]): Promise<SoakReport> {
-  const intervalSeconds = seconds >= 300 ? 60 : 10
-  const report: SoakReport = { seconds, intervalSeconds, maxRps: 0, targetRps: 0, baseline: null, intervals: [], load: null, verdict: null, redisCheck: null, cleanup: null }
-  const s = scenario('refresh')
-  const { result, server, minter, prefix, rotations, sent } = await runScenario(s, { ceilingRps: null, keepServer: true, exposeGc: true })
-  results.push(result)
-  try {
-    if (server === null || minter === null || result.measured === null) throw new Error('the maximum refresh rate could not be measured')
-    report.maxRps = result.measured.rps
-    report.targetRps = Math.max(1, Math.floor(result.measured.rps / 2))
-    const first = await server.stats(true)
-    report.baseline = sampleOf(0, first.memory)
-    let lastCpu = first.cpu
-    let lastAt = process.hrtime.bigint()
-    say(`\n▶ soak: refresh at ${fmtInt(report.targetRps)} req/s (half of the ${fmtInt(report.maxRps)} measured) for ${seconds} s; every ${intervalSeconds} s the server's memory after a full GC`)
-    say('  (autocannon\'s overallRate releases each second\'s budget at the start of the second: latencies include draining that burst)')
-    say(`  baseline: rss ${fmtMiB(report.baseline.rss)}, heap used ${fmtMiB(report.baseline.heapUsed)} of ${fmtMiB(report.baseline.heapTotal)}`)
-    const header = ['t s', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'server CPU', 'rss', 'heap used', 'heap total']
-    const widths = header.map((h) => Math.max(h.length, 10))
-    const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 10)).join(' ')
-    say(`  ${line(header)}`)
-    const samples: MemorySample[] = []
-    const load = await runLoad({
-      url: server.url,
-      method: 'POST',
-      path: s.path,
-      // Minted just in time (an HMAC each, a few µs here): a long soak would need millions up front.
-      body: () => `{"refresh_token":"${minter.refreshToken()}"}`,
-      duration: seconds,
-      connections: options.connections,
-      overallRate: report.targetRps,
-      verify: (body) => body.includes(s.expect),
-      interval: {
-        seconds: intervalSeconds,
-        report: async (stats) => {
-          let memory: MemorySample | null = null
-          let serverCpu: number | null = null
-          try {
-            const now = await server.stats(true)
-            const at = process.hrtime.bigint()
-            memory = sampleOf(stats.at, now.memory)
-            serverCpu = ((now.cpu.user + now.cpu.system) - (lastCpu.user + lastCpu.system)) / 1e6 / (Number(at - lastAt) / 1e9)
-            lastCpu = now.cpu
-            lastAt = at
-            samples.push(memory)
-          } catch (error) {
-            fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
-          }
-          report.intervals.push({ ...stats, memory, serverCpu })
-          say(`  ${line([stats.at.toFixed(0), fmtInt(stats.rps), fmtMs(stats.latency.p50), fmtMs(stats.latency.p99), fmtMs(stats.latency.p999), String(stats.non2xx),
-            serverCpu === null ? '?' : serverCpu.toFixed(2), memory === null ? '?' : fmtMiB(memory.rss), memory === null ? '?' : fmtMiB(memory.heapUsed), memory === null ? '?' : fmtMiB(memory.heapTotal)])}`)
-        }
-      }
-    })
-    const { intervals: _intervals, ...rest } = load
-    report.load = rest
-    if (unhealthy(load)) fail(`soak: ${describeFailures(load)}`)
-    say(`  soak total: ${fmtInt(load.responses)} refreshes in ${load.seconds.toFixed(0)} s, ${fmtInt(load.rps)} req/s, p50 ${fmtMs(load.latency.p50)} ms, p99 ${fmtMs(load.latency.p99)} ms, p99.9 ${fmtMs(load.latency.p999)} ms`)
-    report.verdict = memoryVerdict(samples)
-    say(`  ${report.verdict.text}`)
-    if (report.verdict.grew) fail(`soak: ${report.verdict.text}`)
-    await server.stop()
-    report.redisCheck = await checkRotations(redis, prefix, 0, rotations + (load.statusCodes['200'] ?? 0), sent + load.bodiesUsed)
-  } catch (error) {
-    fail(`soak: ${error instanceof Error ? error.message : String(error)}`)
-  } finally {
-    if (server !== null) await server.stop()
-    if (redis !== null) {
-      const started = process.hrtime.bigint()
-      const keysDeleted = await deletePrefix(redis, prefix)
-      report.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }
-      say(`  cleanup: deleted ${fmtInt(keysDeleted)} keys in ${report.cleanup.seconds.toFixed(1)} s (SCAN + DEL)`)
-    }
-  }
-  return report
-}
-
-// ---------------------------------------------------------------- replication
-
-type VariantId = 'lone' | 'a' | 'b' | 'c'
-
-interface ReplicationVariant {
-  id: VariantId
-  /** The scenario's name in `scenarios`. */
-  scenario: string
-  label: string
-  setup: string
-  rps: number | null
-  latency: LatencySummary | null
-  non2xx: number | null
-  ratioToCeiling: number | null
-  /**
-   * CPU time per request (µs): the server child's, and Redis's (primary + replica). Less sensitive
-   * to other load on the machine than req/s: the server is the bottleneck, and a starved server
-   * answers fewer requests but spends about the same per request.
-   */
-  serverCpuUsPerRequest: number | null
-  redisCpuUsPerRequest: number | null
-  /** Against (a), the primary with an asynchronous replica and nothing else. */
-  againstAsync: Comparison | null
-  replicationBefore: ReplicationState | null
-  replicationAfter: ReplicationState | null
-  /** (c): rotated-token records the replica held right after the run (at least one per 2xx). */
-  replicaRecords: { found: number, answered2xx: number, sent: number, ok: boolean } | null
-}
-
-interface Comparison { rpsRatio: number, p50DeltaMs: number, p99DeltaMs: number, p999DeltaMs: number, serverCpuUsDelta: number | null, redisCpuUsDelta: number | null }
-
-interface ReplicationReport {
-  redisVersion: string | null
-  servers: Record<'lone' | 'primary' | 'replica', { port: number, pid: number } | null>
-  variants: ReplicationVariant[]
-  /** The lines printed under the table. */
-  summary: string[]
-}
-
-const VARIANTS: Record<VariantId, { name: string, label: string, setup: string }> = {
-  lone: { name: 'refresh-lone-redis', label: 'refresh (EdDSA), lone Redis (reference)', setup: 'a lone redis-server of the bench\'s own, no replica' },
-  a: { name: 'refresh-replica-async', label: 'refresh (EdDSA), (a) async replica', setup: 'primary + 1 replica, asynchronous replication, nothing else' },
-  b: { name: 'refresh-replica-min-replicas', label: 'refresh (EdDSA), (b) min-replicas-to-write 1', setup: 'primary + 1 replica, the primary with min-replicas-to-write 1, min-replicas-max-lag 10 (CONFIG SET)' },
-  c: { name: 'refresh-replica-wait', label: 'refresh (EdDSA), (c) REDIS_WAIT_REPLICAS=1', setup: 'primary + 1 replica, Rotor with REDIS_WAIT_REPLICAS=1 (WAIT 1 <REDIS_WAIT_TIMEOUT_MS> after every denylist write)' }
-}
-
-function describeState (state: ReplicationState): string {
-  return `link ${state.linkUp ? 'up' : 'DOWN'}, ${state.connectedReplicas} replica${state.connectedReplicas === 1 ? '' : 's'} connected${state.goodReplicas === null ? '' : `, ${state.goodReplicas} good (min-replicas)`}`
-}
-
-function signedMs (ms: number): string {
-  return `${ms < 0 ? '−' : '+'}${fmtMs(Math.abs(ms))} ms`
-}
-
-/**
- * --replication: refresh against the bench's own redis-servers. First a lone one (the reference),
- * stopped after; then a primary with one replica, three ways: (a) as is, (b) the primary with
- * min-replicas-to-write, (c) Rotor with REDIS_WAIT_REPLICAS=1. Every run is a normal scenario
- * (fresh server child, preflight, warm-up, every response checked, rotations counted), so a
- * single non-2xx (a WAIT that timed out, a NOREPLICAS) fails the run.
- */
-async function runReplication (results: ScenarioResult[], ceilingRps: number | null): Promise<ReplicationReport> {
-  const report: ReplicationReport = { redisVersion: null, servers: { lone: null, primary: null, replica: null }, variants: [], summary: [] }
-  say('\n▶ replication: refresh against redis-servers of the bench\'s own (free ports; never the shared Redis)')
-
-  const record = (id: VariantId, result: ScenarioResult, before: ReplicationState | null, after: ReplicationState | null, replicaRecords: ReplicationVariant['replicaRecords']): void => {
-    const m = result.measured
-    const perRequest = (cores: number | null | undefined): number | null => cores == null || m == null || m.rps === 0 ? null : cores / m.rps * 1e6
-    report.variants.push({
-      id,
-      scenario: result.name,
-      label: result.label,
-      setup: VARIANTS[id].setup,
-      rps: m?.rps ?? null,
-      latency: m?.latency ?? null,
-      non2xx: m?.non2xx ?? null,
-      ratioToCeiling: result.ratioToCeiling,
-      serverCpuUsPerRequest: perRequest(result.cpu?.server),
-      redisCpuUsPerRequest: perRequest(result.cpu?.redis),
-      againstAsync: null,
-      replicationBefore: before,
-      replicationAfter: after,
-      replicaRecords
-    })
-  }
-  const measure = async (id: VariantId, target: RedisTarget, env: Record<string, string>, afterRun?: RunScenarioOptions['afterRun']): Promise<ScenarioResult> => {
-    const { name, label } = VARIANTS[id]
-    const { result } = await runScenario(scenario('refresh', { name, label }), { ceilingRps, target, env, ...(afterRun === undefined ? {} : { afterRun }) })
-    results.push(result)
-    return result
-  }
-
-  // The reference: the same kind of server, alone.
-  let lone: BenchRedis | null = null
-  try {
-    lone = await BenchRedis.start()
-    report.servers.lone = { port: lone.port, pid: lone.pid }
-    report.redisVersion = (await lone.info('server'))['redis_version'] ?? null
-    say(`  lone redis-server ${report.redisVersion ?? '?'}: pid ${lone.pid}, port ${lone.port}`)
-    const result = await measure('lone', { url: lone.url, client: lone.client, cpu: lone.client }, { REDIS_WAIT_REPLICAS: '0' })
-    record('lone', result, null, null, null)
-  } catch (error) {
-    fail(`replication: lone Redis: ${error instanceof Error ? error.message : String(error)}`)
-  } finally {
-    await lone?.stop()
-  }
-
-  let pair: ReplicatedRedis | null = null
-  try {
-    pair = await ReplicatedRedis.start()
-    const { primary, replica } = pair
-    report.servers.primary = { port: primary.port, pid: primary.pid }
-    report.servers.replica = { port: replica.port, pid: replica.pid }
-    say(`\n  primary pid ${primary.pid}, port ${primary.port}; replica pid ${replica.pid}, port ${replica.port} (--replicaof 127.0.0.1 ${primary.port}): master_link_status:up`)
-    const target: RedisTarget = { url: primary.url, client: primary.client, cpu: [primary.client, replica.client] }
-
-    for (const id of ['a', 'b', 'c'] as const) {
-      // Each variant starts with the replica caught up (the previous one's cleanup DELs replicate too).
-      await pair.caughtUp()
-      let before = await pair.state()
-      if (!before.linkUp || before.connectedReplicas !== 1) throw new Error(`before ${VARIANTS[id].label}: the replica is not attached (${describeState(before)})`)
-      const lagBefore = id === 'b' ? await primary.configGet('min-replicas-max-lag') : null
-      try {
-        if (id === 'b') {
-          await primary.configSet('min-replicas-max-lag', '10')
-          await primary.configSet('min-replicas-to-write', '1')
-          await until('the primary to count its replica as good (min_slaves_good_slaves:1)', async () => (await pair?.state())?.goodReplicas === 1, 5000)
-          before = await pair.state()
-          say(`\n  primary: CONFIG SET min-replicas-to-write 1, min-replicas-max-lag 10 (${describeState(before)})`)
-        }
-        let replicaRecords: ReplicationVariant['replicaRecords'] = null
-        // (c): every 2xx waited for the replica's confirmation, so the replica holds its record already.
-        const afterRun = id !== 'c'
-          ? undefined
-          : async ({ prefix, answered2xx, sent }: { prefix: string, answered2xx: number, sent: number }): Promise<void> => {
-            const found = await countKeys(replica.client, `${escapeGlob(prefix)}{*}:j:*`)
-            const ok = found >= answered2xx && found <= sent
-            replicaRecords = { found, answered2xx, sent, ok }
-            if (!ok) fail(`${VARIANTS.c.label}: the replica held ${found} rotated-token records right after the run, expected between ${answered2xx} (2xx answered, each confirmed by WAIT) and ${sent}`)
-            else say(`  replica: ${fmtInt(found)} rotated-token records right after the run, for ${fmtInt(answered2xx)} 2xx: every answered rotation had reached the replica`)
-          }
-        const result = await measure(id, target, { REDIS_WAIT_REPLICAS: id === 'c' ? '1' : '0' }, afterRun)
-        const after = await pair.state()
-        if (!after.linkUp || after.connectedReplicas !== 1) fail(`${VARIANTS[id].label}: the replica detached during the run (${describeState(after)}): not a measurement of replication`)
-        record(id, result, before, after, replicaRecords)
-      } finally {
-        if (id === 'b') {
-          await primary.configSet('min-replicas-to-write', '0')
-          if (lagBefore !== null) await primary.configSet('min-replicas-max-lag', lagBefore)
-          say('  primary: CONFIG SET min-replicas-to-write 0 (unset)')
-        }
-      }
-    }
-  } catch (error) {
-    fail(`replication: ${error instanceof Error ? error.message : String(error)}`)
-  } finally {
-    await pair?.stop()
-  }
-
-  // What each guard costs, against (a); and what the replica itself costs, against the lone Redis.
-  const get = (id: VariantId): ReplicationVariant | undefined => report.variants.find((v) => v.id === id)
-  const minus = (x: number | null, y: number | null): number | null => x === null || y === null ? null : x - y
-  const compare = (v: ReplicationVariant | undefined, base: ReplicationVariant | undefined): Comparison | null =>
-    v?.rps == null || v.latency === null || base?.rps == null || base.latency === null
-      ? null
-      : {
-          rpsRatio: v.rps / base.rps,
-          p50DeltaMs: v.latency.p50 - base.latency.p50,
-          p99DeltaMs: v.latency.p99 - base.latency.p99,
-          p999DeltaMs: v.latency.p999 - base.latency.p999,
-          serverCpuUsDelta: minus(v.serverCpuUsPerRequest, base.serverCpuUsPerRequest),
-          redisCpuUsDelta: minus(v.redisCpuUsPerRequest, base.redisCpuUsPerRequest)
-        }
-  const us = (delta: number | null): string => delta === null ? '?' : `${delta < 0 ? '−' : '+'}${Math.abs(delta).toFixed(0)} µs`
-  const a = get('a')
-  const line = (name: string, c: Comparison | null, ...involved: Array<ReplicationVariant | undefined>): string => {
-    if (c === null) return `  ${name}: not measured`
-    const invalid = involved.some((v) => v === undefined || v.non2xx !== 0 || results.find((r) => r.name === v.scenario)?.measured?.exhausted !== false)
-    return `  ${name}: req/s ×${c.rpsRatio.toFixed(3)} (${c.rpsRatio >= 1 ? '+' : '−'}${Math.abs((c.rpsRatio - 1) * 100).toFixed(1)} %), p50 ${signedMs(c.p50DeltaMs)}, p99 ${signedMs(c.p99DeltaMs)}, p99.9 ${signedMs(c.p999DeltaMs)}; ` +
-      `CPU per request: server ${us(c.serverCpuUsDelta)}, Redis ${us(c.redisCpuUsDelta)}` +
-      (invalid ? '  !! NOT VALID (non-2xx or a short run, see the failures)' : '')
-  }
-  for (const id of ['b', 'c'] as const) {
-    const v = get(id)
-    if (v !== undefined) v.againstAsync = compare(v, a)
-  }
-  const timeout = options.serverEnv['REDIS_WAIT_TIMEOUT_MS'] ?? '100'
-  report.summary = [
-    'replication, refresh (EdDSA): the extra cost of each guard against asynchronous-replication loss, relative to (a) asynchronous replication',
-    line('(b) primary with min-replicas-to-write 1, min-replicas-max-lag 10', get('b')?.againstAsync ?? null, a, get('b')),
-    line(`(c) Rotor with REDIS_WAIT_REPLICAS=1 (WAIT 1 ${timeout} after every denylist write)`, get('c')?.againstAsync ?? null, a, get('c')),
-    line('and (a) itself against the lone Redis (what the replica costs)', compare(a, get('lone')), a, get('lone')),
-    `  CPU per refresh, server / Redis (µs; steadier than req/s when other work starves the server): ${(['lone', 'a', 'b', 'c'] as const).map((id) => {
-      const v = get(id)
-      const f = (n: number | null | undefined): string => n == null ? '?' : n.toFixed(0)
-      return `${id === 'lone' ? 'lone' : `(${id})`} ${f(v?.serverCpuUsPerRequest)} / ${f(v?.redisCpuUsPerRequest)}`
-    }).join(', ')}`
-  ]
-  return report
-}
-
-// ---------------------------------------------------------------- main
-
-interface Machine { cpus: number, cpuModel: string, memoryBytes: number, node: string, platform: string, redis: string, loadAverageAtStart: number[] }
-
-async function main (): Promise<number> {
-  try {
-    options = parseOptions(process.argv.slice(2))
-  } catch (error) {
-    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
-    return 2
-  }
+import { killAllServers } from './child.js'
+import { RunContext } from './context.js'
+import { stopCurrentLoad } from './load.js'
+import { parseOptions, USAGE, type Options, type ScenarioName } from './options.js'
+import { connectRedis, deletePrefix, usedMemory } from './redis.js'
+import { killAllRedisServers } from './replication.js'
+import { runReplication, type ReplicationReport } from './replication-cost.js'
+import { fmtInt, fmtMiB, loudFailures, shortCount } from './report.js'
+import { denylistTable, describeMachine, resultsTable, writeResults, type DenylistRow } from './results.js'
+import { runScenario, scenario, type ScenarioResult } from './scenarios.js'
+import { runSoak, type SoakReport } from './soak.js'
+import { removeKeysFiles } from './tokens.js'
+
+/** Everything the options ask for, in order, then the tables and the results file: the exit code. */
+async function benchmark (run: RunContext): Promise<number> {
   const startedAt = new Date()
   // --replication alone (hello and its own redis-servers) never touches the shared Redis.
-  const needsShared = options.soak !== null || options.denylistSizes.length > 0 || options.scenarios.some((name) => name !== 'hello')
-  let shared: Redis | null = null
+  const needsShared = run.options.soak !== null || run.options.denylistSizes.length > 0 || run.options.scenarios.some((name) => name !== 'hello')
   if (needsShared) {
     try {
-      shared = await connectRedis(options.redisUrl)
-      redis = shared
+      run.redis = await connectRedis(run.options.redisUrl)
     } catch (error) {
-      process.stderr.write(`bench: cannot reach Redis at ${options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
+      process.stderr.write(`bench: cannot reach Redis at ${run.options.redisUrl} (${error instanceof Error ? error.message : String(error)}); set TEST_REDIS_URL\n`)
       return 1
     }
   }
-  const machine: Machine = {
-    cpus: cpus().length,
-    cpuModel: cpus()[0]?.model ?? 'unknown',
-    memoryBytes: totalmem(),
-    node: process.version,
-    platform: `${process.platform}-${process.arch}`,
-    redis: shared === null ? 'not used' : await redisVersion(shared),
-    loadAverageAtStart: loadavg()
-  }
-  say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${options.redisUrl}`}`)
-  say(`server in a child process, autocannon here, ${options.connections} connections, ${options.warmup} s warm-up + ${options.duration} s per scenario; keys under ${RUN_PREFIX}* (deleted afterwards)`)
+  const shared = run.redis
+  const machine = await describeMachine(shared)
+  run.say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${run.options.redisUrl}`}`)
+  run.say(`server in a child process, autocannon here, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
-  const denylist: Array<{ entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }> = []
+  const denylist: DenylistRow[] = []
   let soak: SoakReport | null = null
   let replication: ReplicationReport | null = null
   let ceilingRps: number | null = null
 
-  if (options.soak !== null) {
-    soak = await runSoak(options.soak, results)
+  if (run.options.soak !== null) {
+    soak = await runSoak(run, run.options.soak, results)
   } else {
-    const names: ScenarioName[] = ['hello', ...options.scenarios.filter((name) => name !== 'hello')]
-    if (options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
+    const names: ScenarioName[] = ['hello', ...run.options.scenarios.filter((name) => name !== 'hello')]
+    if (run.options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
     for (const name of names) {
-      const { result } = await runScenario(scenario(name), { ceilingRps })
+      const { result } = await runScenario(run, scenario(name), { ceilingRps })
       results.push(result)
       if (name === 'hello' && result.measured !== null) ceilingRps = result.measured.rps
     }
     const baseline = results.find((r) => r.name === 'refresh')?.measured?.rps ?? null
-    for (const entries of options.denylistSizes) {
+    for (const entries of run.options.denylistSizes) {
       if (shared === null) throw new Error('no connection to the shared Redis')
       const before = await usedMemory(shared)
-      const { result } = await runScenario(scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
+      const { result } = await runScenario(run, scenario('refresh', { label: `refresh (EdDSA), ${shortCount(entries)} in denylist` }), { ceilingRps, fillEntries: entries })
       results.push(result)
       const after = await usedMemory(shared)
       const rps = result.measured?.rps ?? null
       denylist.push({ entries, fill: result.fill, rps, ratioToRefresh: rps === null || baseline === null ? null : rps / baseline })
-      say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
+      run.say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
     }
-    if (options.replication) replication = await runReplication(results, ceilingRps)
+    if (run.options.replication) replication = await runReplication(run, results, ceilingRps)
   }
 
-  // ------------------------------------------------------------ report
-  const rows = results.filter((r) => r.measured !== null || r.error !== null).map((r) => {
-    const m = r.measured
-    if (m === null) return [`!! ${r.label}`, 'FAILED', '', '', '', '', '', '', '', '', '', '']
-    const bad = unhealthy(m) || m.exhausted
-    const cores = (n: number | null | undefined): string => n === null || n === undefined ? '?' : n.toFixed(2)
-    return [
-      `${bad ? '!! ' : ''}${r.label}`,
-      fmtInt(m.rps),
-      ...latencyCells(m.latency),
-      String(m.non2xx),
-      String(m.errors + m.timeouts),
-      r.ratioToCeiling === null ? (r.name === 'hello' ? '1.000' : '') : r.ratioToCeiling.toFixed(3),
-      cores(r.cpu?.server), cores(r.cpu?.bench), cores(r.cpu?.redis), cores(r.cpu?.others)
-    ]
-  })
-  say('')
-  say(table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows))
-  say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  run.say('')
+  run.say(resultsTable(results))
+  run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
   if (denylist.length > 0) {
-    say('')
-    say(table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
-      denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
-        d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)])))
+    run.say('')
+    run.say(denylistTable(denylist))
   }
   if (replication !== null) {
-    say('')
-    for (const text of replication.summary) say(text)
-    say('  (one run each, in this order, on a machine shared with anything else running: compare within a run, and repeat before trusting a few %)')
+    run.say('')
+    for (const text of replication.summary) run.say(text)
+    run.say('  (one run each, in this order, on a machine shared with anything else running: compare within a run, and repeat before trusting a few %)')
   }
 
   const finishedAt = new Date()
   const file = writeResults(startedAt, {
     startedAt: startedAt.toISOString(),
     finishedAt: finishedAt.toISOString(),
-    ok: failures.length === 0,
-    failures,
-    warnings,
+    ok: run.failures.length === 0,
+    failures: run.failures,
+    warnings: run.warnings,
     machine,
-    options: { ...options, redisUrl: options.redisUrl.replace(/\/\/[^@/]*@/, '//***@') },
+    options: { ...run.options, redisUrl: run.options.redisUrl.replace(/\/\/[^@/]*@/, '//***@') },
     notes: [
       'latencies in ms from every response (exact percentiles); autocannonLatency is autocannon\'s own histogram (whole ms)',
       'rps = completed responses / measured seconds; warm-up excluded',
@@ -907,81 +120,78 @@ async function main (): Promise<number> {
     soak,
     replication
   })
-  if (warnings.length > 0) say(`\nwarning: ${warnings.length} measurement${warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
-  say(`\nresults: ${file}`)
-  if (failures.length > 0) {
-    process.stdout.write(loudFailures(failures))
+  if (run.warnings.length > 0) run.say(`\nwarning: ${run.warnings.length} measurement${run.warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
+  run.say(`\nresults: ${file}`)
+  if (run.failures.length > 0) {
+    process.stdout.write(loudFailures(run.failures))
     // Seen even when stdout goes to a file.
-    if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stderr.write(loudFailures(failures))
+    if (!(process.stdout.isTTY && process.stderr.isTTY)) process.stderr.write(loudFailures(run.failures))
     return 1
   }
   return 0
 }
 
-function shortCount (n: number): string {
-  return n >= 1e6 && n % 1e5 === 0 ? `${n / 1e6}M` : n >= 1e3 && n % 100 === 0 ? `${n / 1e3}k` : String(n)
-}
-
-function resultsDir (): string {
-  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
-  mkdirSync(dir, { recursive: true })
-  return dir
-}
-
-function writeResults (startedAt: Date, data: unknown): string {
-  const dir = resultsDir()
-  const path = `${dir}${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
-  writeFileSync(path, `${JSON.stringify(data, null, 2)}\n`)
-  return path
-}
-
 // ---------------------------------------------------------------- every exit path
 
-async function cleanUp (): Promise<void> {
+async function cleanUp (run: RunContext): Promise<void> {
   killAllServers()
   killAllRedisServers()
   removeKeysFiles()
-  if (redis !== null) {
-    const client = redis
-    redis = null
+  if (run.redis !== null) {
+    const client = run.redis
+    // Taken once: an abort's cleanup and main's own may both be under way.
+    run.redis = null
     try {
       const deleted = await Promise.race([
-        deletePrefix(client, RUN_PREFIX),
+        deletePrefix(client, run.prefix),
         new Promise<number>((_resolve, reject) => setTimeout(() => { reject(new Error('timed out')) }, 60_000).unref())
       ])
-      if (deleted > 0) say(`cleanup: deleted ${fmtInt(deleted)} leftover keys under ${RUN_PREFIX}`)
+      if (deleted > 0) run.say(`cleanup: deleted ${fmtInt(deleted)} leftover keys under ${run.prefix}`)
     } catch (error) {
-      process.stderr.write(`bench: could not delete keys under ${RUN_PREFIX}: ${error instanceof Error ? error.message : String(error)}; delete them with SCAN MATCH '${RUN_PREFIX}*' + DEL\n`)
+      process.stderr.write(`bench: could not delete keys under ${run.prefix}: ${error instanceof Error ? error.message : String(error)}; delete them with SCAN MATCH '${run.prefix}*' + DEL\n`)
     } finally {
       client.disconnect()
     }
   }
 }
 
-let exiting = false
-async function abort (why: string, code: number): Promise<void> {
-  if (exiting) process.exit(code)
-  exiting = true
-  process.stderr.write(`\nbench: ${why}; stopping the server and cleaning Redis …\n`)
-  stopCurrentLoad()
-  await cleanUp()
-  process.exit(code)
+/**
+ * Parses the command line, creates the run's context, and sees that every exit path (the end, an
+ * error, a signal) stops the children and deletes the run's keys.
+ */
+async function main (argv: string[]): Promise<number> {
+  let options: Options
+  try {
+    options = parseOptions(argv)
+  } catch (error) {
+    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
+    return 2
+  }
+  const run = new RunContext(options)
+  let exiting = false
+  const abort = async (why: string, code: number): Promise<void> => {
+    if (exiting) process.exit(code)
+    exiting = true
+    process.stderr.write(`\nbench: ${why}; stopping the server and cleaning Redis …\n`)
+    stopCurrentLoad()
+    await cleanUp(run)
+    process.exit(code)
+  }
+  process.on('SIGINT', () => { void abort('interrupted', 130) })
+  process.on('SIGTERM', () => { void abort('terminated', 143) })
+  process.on('SIGHUP', () => { void abort('hung up', 129) })
+  process.on('uncaughtException', (error) => { process.stderr.write(`${error.stack ?? String(error)}\n`); void abort('uncaught exception', 1) })
+  process.on('unhandledRejection', (error) => { process.stderr.write(`${error instanceof Error ? error.stack ?? error.message : String(error)}\n`); void abort('unhandled rejection', 1) })
+  try {
+    return await benchmark(run)
+  } catch (error) {
+    process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
+    return 1
+  } finally {
+    await cleanUp(run)
+  }
 }
 
+// Only what can be done synchronously (an exit listener cannot wait): the children and the key file.
 process.on('exit', () => { killAllServers(); killAllRedisServers(); removeKeysFiles() })
-process.on('SIGINT', () => { void abort('interrupted', 130) })
-process.on('SIGTERM', () => { void abort('terminated', 143) })
-process.on('SIGHUP', () => { void abort('hung up', 129) })
-process.on('uncaughtException', (error) => { process.stderr.write(`${error.stack ?? String(error)}\n`); void abort('uncaught exception', 1) })
-process.on('unhandledRejection', (error) => { process.stderr.write(`${error instanceof Error ? error.stack ?? error.message : String(error)}\n`); void abort('unhandled rejection', 1) })
-
-let code = 1
-try {
-  code = await main()
-} catch (error) {
-  process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
-  code = 1
-} finally {
-  await cleanUp()
-}
-process.exit(code)
+process.exit(await main(process.argv.slice(2)))

@@ -44,6 +44,7 @@ async function build (kind: string): Promise<FastifyInstance> {
   throw new Error(`unknown server kind "${kind}" (expected hello or rotor)`)
 }
 
+// This child's own process state: its signal and disconnect handlers close the app, once.
 let app: FastifyInstance | null = null
 let closing = false
 

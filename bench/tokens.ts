@@ -11,6 +11,7 @@ import { mintAccessToken, mintRefreshToken, newSession, randomId } from '../src/
 export const SUBJECTS = 100_000
 const CLAIMS = { role: 'editor' }
 
+/** Process-wide, not the run context's: process.on('exit') removes it, synchronously (removeKeysFiles). */
 let keysDir: string | null = null
 
 /**

@@ -1,0 +1,96 @@
+import { parseArgs } from 'node:util'
+
+/** The command line of bench/run.ts (documented in its header comment and in bench/README.md). */
+
+const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
+export type ScenarioName = typeof SCENARIO_NAMES[number]
+
+export interface Options {
+  duration: number
+  warmup: number
+  connections: number
+  scenarios: ScenarioName[]
+  scenariosGiven: boolean
+  denylistSizes: number[]
+  soak: number | null
+  replication: boolean
+  serverEnv: Record<string, string>
+  profile: boolean
+  redisUrl: string
+}
+
+export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
+         [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
+         [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
+
+class UsageError extends Error {}
+
+function positive (name: string, text: string | undefined, fallback: number, min = 1): number {
+  if (text === undefined) return fallback
+  const value = Number(text)
+  if (!Number.isFinite(value) || value < min) throw new UsageError(`--${name} ${text}: expected a number of at least ${min}`)
+  return value
+}
+
+function count (text: string): number {
+  const match = /^(\d+(?:\.\d+)?)([km]?)$/i.exec(text.trim())
+  if (match === null) throw new UsageError(`--denylist-sizes: "${text}" is not a count (e.g. 10000, 10k, 1m)`)
+  const value = Number(match[1]) * ({ '': 1, k: 1e3, m: 1e6 }[String(match[2]).toLowerCase()] ?? 1)
+  if (!Number.isInteger(value) || value < 1) throw new UsageError(`--denylist-sizes: "${text}" is not a whole positive count`)
+  return value
+}
+
+export function parseOptions (argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      connections: { type: 'string' },
+      scenarios: { type: 'string' },
+      'denylist-sizes': { type: 'string' },
+      soak: { type: 'string' },
+      replication: { type: 'boolean' },
+      'server-env': { type: 'string', multiple: true },
+      profile: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' }
+    }
+  })
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`)
+    process.exit(0)
+  }
+  const scenarios: ScenarioName[] = []
+  if (values.scenarios !== undefined) {
+    for (const item of values.scenarios.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+      const found = SCENARIO_NAMES.find((name) => name === item)
+      if (found === undefined) throw new UsageError(`--scenarios: unknown "${item}" (expected ${SCENARIO_NAMES.join(', ')})`)
+      if (!scenarios.includes(found)) scenarios.push(found)
+    }
+    if (scenarios.length === 0) throw new UsageError('--scenarios: name at least one')
+  }
+  const serverEnv: Record<string, string> = {}
+  for (const pair of values['server-env'] ?? []) {
+    const at = pair.indexOf('=')
+    if (at < 1) throw new UsageError(`--server-env ${pair}: expected KEY=VALUE`)
+    serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  const denylistSizes = values['denylist-sizes'] === undefined ? [] : values['denylist-sizes'].split(',').filter((s) => s.trim() !== '').map(count)
+  const replication = values.replication === true
+  if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
+  return {
+    duration: positive('duration', values.duration, 10),
+    warmup: positive('warmup', values.warmup, 2, 0),
+    connections: Math.floor(positive('connections', values.connections, 32)),
+    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || replication ? [] : [...SCENARIO_NAMES],
+    scenariosGiven: scenarios.length > 0,
+    denylistSizes,
+    soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
+    replication,
+    serverEnv,
+    profile: values.profile === true,
+    redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
+  }
+}

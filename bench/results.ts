@@ -1,0 +1,68 @@
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, totalmem } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import type { Redis } from 'ioredis'
+import { unhealthy } from './load.js'
+import { redisVersion, type FillResult } from './redis.js'
+import { fmtInt, latencyCells, shortCount, table } from './report.js'
+import type { ScenarioResult } from './scenarios.js'
+
+/** What a run leaves: the tables printed at its end, and bench/results/<timestamp>.json. */
+
+export interface Machine { cpus: number, cpuModel: string, memoryBytes: number, node: string, platform: string, redis: string, loadAverageAtStart: number[] }
+
+/** `shared`: the bench's connection to the shared Redis, null when the run does not use it. */
+export async function describeMachine (shared: Redis | null): Promise<Machine> {
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    memoryBytes: totalmem(),
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    redis: shared === null ? 'not used' : await redisVersion(shared),
+    loadAverageAtStart: loadavg()
+  }
+}
+
+/** One row per scenario measured or failed, in the order they ran. */
+export function resultsTable (results: ScenarioResult[]): string {
+  const rows = results.filter((r) => r.measured !== null || r.error !== null).map((r) => {
+    const m = r.measured
+    if (m === null) return [`!! ${r.label}`, 'FAILED', '', '', '', '', '', '', '', '', '', '']
+    const bad = unhealthy(m) || m.exhausted
+    const cores = (n: number | null | undefined): string => n === null || n === undefined ? '?' : n.toFixed(2)
+    return [
+      `${bad ? '!! ' : ''}${r.label}`,
+      fmtInt(m.rps),
+      ...latencyCells(m.latency),
+      String(m.non2xx),
+      String(m.errors + m.timeouts),
+      r.ratioToCeiling === null ? (r.name === 'hello' ? '1.000' : '') : r.ratioToCeiling.toFixed(3),
+      cores(r.cpu?.server), cores(r.cpu?.bench), cores(r.cpu?.redis), cores(r.cpu?.others)
+    ]
+  })
+  return table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows)
+}
+
+/** --denylist-sizes: refresh against N records already in Redis. */
+export interface DenylistRow { entries: number, fill: FillResult | null, rps: number | null, ratioToRefresh: number | null }
+
+export function denylistTable (denylist: DenylistRow[]): string {
+  return table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
+    denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
+      d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)]))
+}
+
+/** bench/results/ (git-ignored, created on first use): each run's JSON, and --profile's CPU profiles. */
+export function resultsDir (): string {
+  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
+  mkdirSync(dir, { recursive: true })
+  return dir
+}
+
+export function writeResults (startedAt: Date, data: unknown): string {
+  const dir = resultsDir()
+  const path = `${dir}${startedAt.toISOString().replace(/[:.]/g, '-')}.json`
+  writeFileSync(path, `${JSON.stringify(data, null, 2)}\n`)
+  return path
+}
