@@ -8,7 +8,9 @@ const ROUTES = [
   ['POST', '/v1/tokens'], ['POST', '/v1/tokens/refresh'], ['POST', '/v1/tokens/revoke'], ['POST', '/v1/tokens/introspect'],
   ['POST', '/v1/subjects/alice/revoke'], ['POST', '/v1/subjects/%E0%A4%A/revoke'], ['POST', '/api/auth/token/refresh/'],
   ['POST', '/api/auth/token/verify/'], ['POST', '/api/auth/token/blacklist/'], ['GET', '/.well-known/jwks.json'],
-  ['GET', '/health/ready'], ['GET', '/metrics'], ['OPTIONS', '/v1/tokens/refresh'], ['GET', '/v1/tokens'], ['DELETE', '/v1/tokens/refresh']
+  ['GET', '/health/ready'], ['GET', '/metrics'], ['OPTIONS', '/v1/tokens/refresh'], ['GET', '/v1/tokens'], ['DELETE', '/v1/tokens/refresh'],
+  ['POST', '/oauth2/token'], ['POST', '/oauth2/revoke'], ['POST', '/oauth2/introspect'], ['GET', '/.well-known/oauth-authorization-server'],
+  ['OPTIONS', '/oauth2/token']
 ] as const
 
 /** A real token with one character changed, a segment dropped or duplicated, or padding added. */
@@ -38,9 +40,13 @@ test('generated requests at every route of a running server: never a 5xx but 503
     fc.record({ sub: fc.oneof(fc.string({ maxLength: 300 }), fc.integer()), claims: fc.jsonValue({ maxDepth: 4 }), aud: fieldValue }, { requiredKeys: [] }),
     fc.jsonValue({ maxDepth: 3 })
   ).map((value) => JSON.stringify(value))
-  const rawBody = fc.oneof(body, fc.string({ maxLength: 200 }), fc.constant(''), fc.constant('{"__proto__":{"a":1}}'), fc.constant('{"a":1,"a":2}'))
+  const parameter = fc.constantFrom('grant_type', 'refresh_token', 'token', 'token_type_hint', 'client_id', 'scope', '__proto__', 'constructor')
+  const formValue = fc.oneof(token, fc.constantFrom('refresh_token', 'password', 'access_token', ''), fc.string({ maxLength: 20 }))
+  const form = fc.array(fc.tuple(parameter, formValue), { maxLength: 5 }).map((pairs) => new URLSearchParams(pairs).toString())
+  const rawBody = fc.oneof(body, form, fc.string({ maxLength: 200 }), fc.constant(''), fc.constant('{"__proto__":{"a":1}}'), fc.constant('{"a":1,"a":2}'), fc.constant('a=%zz&b=%&=&&'))
   const contentType = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', 'application/JSON', undefined)
-  const authorization = fc.oneof(fc.constant(undefined), fc.constant(`Bearer ${API_KEY}`), fc.string({ maxLength: 100 }).map((text) => `Bearer ${text}`), fc.string({ maxLength: 60 }))
+  const authorization = fc.oneof(fc.constant(undefined), fc.constant(`Bearer ${API_KEY}`), fc.string({ maxLength: 100 }).map((text) => `Bearer ${text}`), fc.string({ maxLength: 60 }),
+    fc.string({ maxLength: 60 }).map((text) => `Basic ${Buffer.from(text).toString('base64')}`), fc.string({ maxLength: 60 }).map((text) => `Basic ${text}`))
   const origin = fc.constantFrom(undefined, 'http://localhost:3000', 'http://evil.example', 'null')
 
   const statuses = new Map<number, number>()
