@@ -83,9 +83,14 @@ export default fp(async function apiKeysPlugin (app, opts: { keys: ApiKey[] }) {
   app.decorate('identifyClient', async function identifyClient (request: FastifyRequest) {
     request.client = apiKeys.fromHeader(request.headers.authorization)?.name ?? null
   })
+  // Who called what, by name: the routes and statuses of each key (a few keys, a few routes).
+  app.addHook('onResponse', (request, reply, done) => {
+    if (request.client !== null) app.metrics.backendRequests.inc({ client: request.client, route: String(request.routeOptions.url), status_code: reply.statusCode })
+    done()
+  })
   app.decorate('requireClient', async function requireClient (request: FastifyRequest) {
     if (request.client === null) {
       throw new AppError('invalid_client', 'a valid API key is required: Authorization: Bearer <key>', { 'www-authenticate': 'Bearer' })
     }
   })
-}, { name: 'api-keys', fastify: '5.x' })
+}, { name: 'api-keys', dependencies: ['metrics'], fastify: '5.x' })

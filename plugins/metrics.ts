@@ -27,6 +27,10 @@ export class Metrics {
   readonly subjectsRevoked = new Counter({ name: 'rotor_subjects_revoked_total', help: 'Log-out-everywhere calls', registers: [this.registry] })
   readonly storeLosses = new Counter({ name: 'rotor_store_losses_total', help: 'Times Redis was found to have lost its data (Rotor\'s marker gone)', registers: [this.registry] })
   readonly storeErrors = new Counter({ name: 'rotor_store_errors_total', help: 'Requests answered 503 because the store did not answer', registers: [this.registry] })
+  readonly backendRequests = new Counter({
+    name: 'rotor_backend_requests_total', help: 'Requests of a known API key, by the key\'s name, route and status', labelNames: ['client', 'route', 'status_code'], registers: [this.registry]
+  })
+
   readonly errors = new Counter({ name: 'rotor_http_errors_total', help: 'Error answers, by contract code', labelNames: ['code'], registers: [this.registry] })
   readonly latency = new Histogram({
     name: 'rotor_http_request_duration_seconds',

@@ -73,3 +73,17 @@ test('HTTP Basic with the key\'s name and secret authenticates a backend route; 
     t.equal(response.json().code, 'invalid_client', label)
   }
 })
+
+test('/metrics counts each key\'s requests by its name, route and status', async (t) => {
+  const app = await build(t, NAMED)
+  await issueAs(app, `Bearer ${GATEWAY_SECRET}`)
+  await issueAs(app, `Bearer ${GATEWAY_SECRET}`, { sub: '' })
+  await issueAs(app, `Bearer ${API_KEY}`)
+  await issueAs(app, 'Bearer wrong-key-0123456789abcdef')
+  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(text, /^rotor_backend_requests_total\{client="gateway",route="\/v1\/tokens",status_code="200"\} 1$/m)
+  t.match(text, /^rotor_backend_requests_total\{client="gateway",route="\/v1\/tokens",status_code="400"\} 1$/m)
+  t.match(text, new RegExp(`^rotor_backend_requests_total\\{client="${nameOfSecret(API_KEY)}",route="/v1/tokens",status_code="200"\\} 1$`, 'm'))
+  t.equal(text.match(/^rotor_backend_requests_total\{/gm)?.length, 3, 'a request with no valid key is no one\'s')
+  t.notOk(text.includes(GATEWAY_SECRET))
+})
