@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { launchChromium } from './browser.js'
+import { launchChromium } from './support/browser.js'
 import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair, type Test } from './helper.js'
 
 // A real browser against a real Rotor: Debian's Chromium, driven by playwright-core, loads a

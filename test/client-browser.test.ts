@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { launchChromium } from './browser.js'
+import { launchChromium } from './support/browser.js'
 import { API_KEY, build, introspectToken, listen, startRedis, type Pair, type Test } from './helper.js'
 
 // @rotor/client in real Chromium tabs against a real Rotor and Redis, with REFRESH_REUSE_GRACE=0:
