@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { launchChromium } from './support/browser.js'
-import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair, type Test } from './helper.js'
+import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair } from './support/app.js'
+import type { Test } from './support/tap.js'
 
 // A real browser against a real Rotor: Debian's Chromium, driven by playwright-core, loads a
 // small "Next.js-like" site on http://localhost:3000 (the origin CORS_ORIGINS allows by default).

@@ -4,7 +4,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { launchChromium } from './support/browser.js'
-import { API_KEY, build, introspectToken, listen, startRedis, type Pair, type Test } from './helper.js'
+import { API_KEY, build, introspectToken, listen, type Pair } from './support/app.js'
+import { startRedis } from './support/redis.js'
+import type { Test } from './support/tap.js'
 
 // @rotor/client in real Chromium tabs against a real Rotor and Redis, with REFRESH_REUSE_GRACE=0:
 // any two refreshes of one token are a reuse, and a reuse ends the session. Tabs of one browser

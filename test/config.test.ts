@@ -6,7 +6,8 @@ import { test, type Test } from 'tap'
 import { loadConfig, parseDuration, type Algorithm, type Config } from '../src/config.js'
 import { ConfigError } from '../plugins/errors.js'
 import { loadKeyMaterial, type KeyMaterial } from '../plugins/key-material.js'
-import { freePort, startRedis } from './helper.js'
+import { startRedis } from './support/redis.js'
+import { freePort } from './support/net.js'
 
 type Env = Record<string, string>
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

@@ -17,7 +17,8 @@ import { ConfigError } from '../plugins/errors.js'
 import { parseKeysFile } from '../plugins/key-material.js'
 import { COMMAND_TIMEOUT_MS } from '../plugins/redis.js'
 import { generate, rotate } from '../scripts/keys.js'
-import { build, freePort } from './helper.js'
+import { build } from './support/app.js'
+import { freePort } from './support/net.js'
 
 // deploy/*.yaml is what `kubectl apply -f deploy/` reads; deploy/examples/ holds the Secrets' shape,
 // which is checked as strictly but never applied from there.

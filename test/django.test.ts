@@ -2,7 +2,10 @@ import { test } from 'tap'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createHmac, createPublicKey, generateKeyPairSync, sign } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { API_KEY, build, decodeJwt, freePort, issue, listen, startRedis, type Test } from './helper.js'
+import { API_KEY, build, decodeJwt, issue, listen } from './support/app.js'
+import { startRedis } from './support/redis.js'
+import { freePort } from './support/net.js'
+import type { Test } from './support/tap.js'
 
 /**
  * The old backend keeps working: a Django + DRF + djangorestframework-simplejwt project

@@ -9,7 +9,7 @@ import { ConfigError } from '../plugins/errors.js'
 import { loadKeyMaterial, STAGED_SINCE } from '../plugins/key-material.js'
 import { Keyring } from '../plugins/keyring.js'
 import { generate, retire, rotate, type KeysDocument } from '../scripts/keys.js'
-import { build, decodeJwt, introspectToken, issue, LogCapture, refreshWith, testConfig, type Pair } from './helper.js'
+import { build, decodeJwt, introspectToken, issue, LogCapture, refreshWith, testConfig, type Pair } from './support/app.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 type Line = Record<string, unknown>

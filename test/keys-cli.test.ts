@@ -10,7 +10,7 @@ import { loadKeyMaterial, RETIRING_SINCE, STAGED_SINCE } from '../plugins/key-ma
 import {
   defaultMinAge, generate, main, readKeys, retire, rotate, USAGE, writeKeys, type Jwk, type KeysDocument
 } from '../scripts/keys.js'
-import { testConfig } from './helper.js'
+import { testConfig } from './support/app.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NOW = new Date('2026-03-01T12:00:00.000Z')

@@ -6,7 +6,9 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { newPrivateJwk } from '../scripts/keys.js'
-import { API_KEY, OTHER_API_KEY, REDIS_URL, decodeJwt, deletePrefix, freePort, type Pair } from './helper.js'
+import { API_KEY, OTHER_API_KEY, REDIS_URL, decodeJwt, type Pair } from './support/app.js'
+import { deletePrefix } from './support/redis.js'
+import { freePort } from './support/net.js'
 
 /*
  * Three real Rotor processes behind a round-robin proxy, sharing one Redis, must behave as one

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { test } from 'tap'
-import { API_KEY, build, issue, refreshWith, startRedis, type Pair } from './helper.js'
+import { API_KEY, build, issue, refreshWith, type Pair } from './support/app.js'
+import { startRedis } from './support/redis.js'
 
 /** The value of one sample line of the exposition, or 0 when absent. */
 function sample (text: string, line: string): number {

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { spawn } from 'node:child_process'
 import { request } from 'node:http'
 import { fileURLToPath } from 'node:url'
-import { API_KEY } from './helper.js'
+import { API_KEY } from './support/app.js'
 
 const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url))
 

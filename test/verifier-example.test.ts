@@ -6,7 +6,10 @@ import { exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose'
 import { createVerifier, startServer, type RunningServer } from '../examples/verify-backend/server.js'
 import { createJwtCallback, decide, expiryOf, sessionCallback, type RotorJWT, type RotorRefreshOptions } from '../examples/nextjs-auth/auth.js'
 import { createRotorClient, memoryStorage } from '@rotor/client'
-import { build, decodeJwt, freePort, issue, listen, refreshWith, startRedis, type Pair, type Test } from './helper.js'
+import { build, decodeJwt, issue, listen, refreshWith, type Pair } from './support/app.js'
+import { startRedis } from './support/redis.js'
+import { freePort } from './support/net.js'
+import type { Test } from './support/tap.js'
 
 /** The verify-backend example in front of the Rotor at `rotorUrl`, closed in teardown. */
 async function verifyBackend (t: Test, rotorUrl: string, options: Parameters<typeof createVerifier>[1] = {}): Promise<RunningServer> {

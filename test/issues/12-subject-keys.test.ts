@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { API_KEY, build, issue, refreshWith } from '../helper.js'
+import { API_KEY, build, issue, refreshWith } from '../support/app.js'
 import { hashTag } from '../../plugins/store/redis.js'
 import { mintPair, newSession, randomId } from '../../src/minting.js'
 

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs'
 import { chromium, type Browser } from 'playwright-core'
-import type { Test } from '../helper.js'
+import type { Test } from './tap.js'
 
 /** Debian's Chromium: playwright-core drives it; Playwright cannot download browsers here. */
 export const CHROMIUM = '/usr/bin/chromium'
