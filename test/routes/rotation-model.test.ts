@@ -3,8 +3,8 @@ import { test } from 'tap'
 import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
-import { RedisDenylist } from '../plugins/store/redis.js'
-import { API_KEY, build, decodeJwt, type Pair } from './support/app.js'
+import { RedisDenylist } from '../../plugins/store/redis.js'
+import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
 
 /*
  * The rotation state machine against a model.

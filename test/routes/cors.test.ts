@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, issue, listen } from './support/app.js'
+import { build, issue, listen } from '../support/app.js'
 
 const NEXT_APP = 'http://localhost:3000'
 

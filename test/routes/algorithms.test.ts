@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { build, decodeJwt, introspectToken, issue, refreshWith, type Pair } from './support/app.js'
+import { build, decodeJwt, introspectToken, issue, refreshWith, type Pair } from '../support/app.js'
 
 function privateJwk (key: KeyObject, kid: string): Record<string, unknown> {
   return { ...key.export({ format: 'jwk' }), kid }

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { createHmac, randomUUID } from 'node:crypto'
-import { build, decodeJwt, issue, refreshWith, type Pair } from './support/app.js'
+import { build, decodeJwt, issue, refreshWith, type Pair } from '../support/app.js'
 
 const DJANGO_SECRET = 'django-insecure-0123456789abcdefghijklmnopqrstuvwxyz'
 

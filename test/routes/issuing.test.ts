@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { API_KEY, build, decodeJwt, introspectToken, issue } from './support/app.js'
+import { API_KEY, build, decodeJwt, introspectToken, issue } from '../support/app.js'
 
 const auth = { authorization: `Bearer ${API_KEY}` }
 

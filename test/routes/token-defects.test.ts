@@ -2,9 +2,9 @@ import { test } from 'tap'
 import { createHmac, generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { loadKeyMaterial } from '../plugins/key-material.js'
-import { API_KEY, build, introspectToken, issue, refreshWith, testConfig } from './support/app.js'
-import type { Test } from './support/tap.js'
+import { loadKeyMaterial } from '../../plugins/key-material.js'
+import { API_KEY, build, introspectToken, issue, refreshWith, testConfig } from '../support/app.js'
+import type { Test } from '../support/tap.js'
 
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
 

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import type { InjectOptions } from 'light-my-request'
-import { buildApp } from '../src/app.js'
-import { API_KEY, build, issue, listen, testConfig } from './support/app.js'
+import { buildApp } from '../../src/app.js'
+import { API_KEY, build, issue, listen, testConfig } from '../support/app.js'
 
 const envelope = ['code', 'error', 'message', 'statusCode']
 

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { build, decodeJwt, issue, listen, LogCapture, refreshWith, introspectToken, type Pair } from './support/app.js'
+import { build, decodeJwt, issue, listen, LogCapture, refreshWith, introspectToken, type Pair } from '../support/app.js'
 
 test('refresh rotates the pair, keeping sid, auth_time and custom claims', async (t) => {
   const app = await build(t)

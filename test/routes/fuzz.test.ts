@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import fc from 'fast-check'
-import { API_KEY, build, issue, listen } from './support/app.js'
+import { API_KEY, build, issue, listen } from '../support/app.js'
 
 const ROUTES = [
   ['POST', '/v1/tokens'], ['POST', '/v1/tokens/refresh'], ['POST', '/v1/tokens/revoke'], ['POST', '/v1/tokens/introspect'],
