@@ -1,9 +1,9 @@
 import { test } from 'tap'
-import { buildApp } from '../src/app.js'
-import { StartupError } from '../plugins/errors.js'
-import { build, issue, LogCapture, testConfig } from './support/app.js'
-import { OwnRedis, startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
+import { buildApp } from '../../src/app.js'
+import { StartupError } from '../../plugins/errors.js'
+import { build, issue, LogCapture, testConfig } from '../support/app.js'
+import { OwnRedis, startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
 
 async function messages (logs: LogCapture, level: number): Promise<string[]> {
   await new Promise((resolve) => setTimeout(resolve, 50))

@@ -5,13 +5,13 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import { test } from 'tap'
-import { ConfigError } from '../plugins/errors.js'
-import { loadKeyMaterial, STAGED_SINCE } from '../plugins/key-material.js'
-import { Keyring } from '../plugins/keyring.js'
-import { generate, retire, rotate, type KeysDocument } from '../scripts/keys.js'
-import { build, decodeJwt, introspectToken, issue, LogCapture, refreshWith, testConfig, type Pair } from './support/app.js'
+import { ConfigError } from '../../plugins/errors.js'
+import { loadKeyMaterial, STAGED_SINCE } from '../../plugins/key-material.js'
+import { Keyring } from '../../plugins/keyring.js'
+import { generate, retire, rotate, type KeysDocument } from '../../scripts/keys.js'
+import { build, decodeJwt, introspectToken, issue, LogCapture, refreshWith, testConfig, type Pair } from '../support/app.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 type Line = Record<string, unknown>
 
 function kidOf (token: string): unknown {

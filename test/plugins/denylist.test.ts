@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { Redis } from 'ioredis'
-import { API_KEY, build, decodeJwt, introspectToken, issue, refreshWith, REDIS_URL, type Pair } from './support/app.js'
-import { startRedis } from './support/redis.js'
+import { API_KEY, build, decodeJwt, introspectToken, issue, refreshWith, REDIS_URL, type Pair } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
 
 /** Every key of a test's prefix with its TTL in ms, read straight from Redis. */
 async function keysWithTtl (prefix: string, url = REDIS_URL): Promise<Map<string, number>> {

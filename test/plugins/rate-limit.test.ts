@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { test } from 'tap'
 import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
-import { API_KEY, OTHER_API_KEY, REDIS_URL, build, issue, type Pair } from './support/app.js'
-import { startRedis } from './support/redis.js'
+import { API_KEY, OTHER_API_KEY, REDIS_URL, build, issue, type Pair } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
 
 type InjectResponse = import('light-my-request').Response
 

@@ -1,12 +1,12 @@
 import { test } from 'tap'
 import { pino } from 'pino'
 import { Cluster, Redis } from 'ioredis'
-import { StoreUnavailableError } from '../plugins/errors.js'
-import { RedisHealth } from '../plugins/redis.js'
-import { StoreMarker } from '../plugins/store/marker.js'
-import { LogCapture } from './support/app.js'
-import { startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
+import { StoreUnavailableError } from '../../plugins/errors.js'
+import { RedisHealth } from '../../plugins/redis.js'
+import { StoreMarker } from '../../plugins/store/marker.js'
+import { LogCapture } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
 
 // The store marker's own decisions, on clients built by hand: what a failed read does to an epoch
 // already known and to one not known yet. (Losses themselves: test/issues/12-store-loss.test.ts.)

@@ -1,6 +1,6 @@
 import { test } from 'tap'
-import { MemoryDenylist } from '../plugins/store/memory.js'
-import { API_KEY, build, introspectToken, issue, refreshWith, type Pair } from './support/app.js'
+import { MemoryDenylist } from '../../plugins/store/memory.js'
+import { API_KEY, build, introspectToken, issue, refreshWith, type Pair } from '../support/app.js'
 
 const ISSUED_US = 1_796_000_000_000_000
 const ref = { sub: 's', sid: 'sid-1', jti: 'jti-1', issuedUs: ISSUED_US }

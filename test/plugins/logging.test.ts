@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { API_KEY, build, decodeJwt, issue, LogCapture, refreshWith, type Pair } from './support/app.js'
+import { API_KEY, build, decodeJwt, issue, LogCapture, refreshWith, type Pair } from '../support/app.js'
 
 test('tokens and API keys never reach a log line, even at trace level', async (t) => {
   const logs = new LogCapture()

@@ -3,14 +3,14 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { test, type Test } from 'tap'
-import { loadConfig, parseDuration, type Algorithm, type Config } from '../src/config.js'
-import { ConfigError } from '../plugins/errors.js'
-import { loadKeyMaterial, type KeyMaterial } from '../plugins/key-material.js'
-import { startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
+import { loadConfig, parseDuration, type Algorithm, type Config } from '../../src/config.js'
+import { ConfigError } from '../../plugins/errors.js'
+import { loadKeyMaterial, type KeyMaterial } from '../../plugins/key-material.js'
+import { startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
 
 type Env = Record<string, string>
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
 /** The keys a configuration loads, the active one first. */
 function ordered (config: Config): KeyMaterial[] {
