@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build, decodeJwt, introspectToken, issue, listen } from './support/app.js'
-import { redisCommand, startSentinel } from './support/redis.js'
-import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from './support/traffic.js'
-import { until } from './support/wait.js'
+import { build, decodeJwt, introspectToken, issue, listen } from '../support/app.js'
+import { redisCommand, startSentinel } from '../support/redis.js'
+import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
+import { until } from '../support/wait.js'
 
 // One primary, one replica, one sentinel for the file; the failover test comes last.
 test('behind Redis Sentinel', async (t) => {

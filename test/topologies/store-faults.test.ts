@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { buildApp } from '../src/app.js'
-import { API_KEY, LogCapture, build, listen, testConfig, type Pair } from './support/app.js'
-import { OwnRedis, startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
+import { buildApp } from '../../src/app.js'
+import { API_KEY, LogCapture, build, listen, testConfig, type Pair } from '../support/app.js'
+import { OwnRedis, startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
 
 /** The contract's bound: a store that cannot be reached is answered within 2 seconds. */
 const BOUND_MS = 2000

@@ -3,15 +3,15 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { request } from 'node:http'
 import { fileURLToPath } from 'node:url'
-import { loadConfig } from '../src/config.js'
-import { ConfigError } from '../plugins/errors.js'
-import { API_KEY, REDIS_URL } from './support/app.js'
-import { deletePrefix } from './support/redis.js'
-import { freePort } from './support/net.js'
-import { until } from './support/wait.js'
-import type { Test } from './support/tap.js'
+import { loadConfig } from '../../src/config.js'
+import { ConfigError } from '../../plugins/errors.js'
+import { API_KEY, REDIS_URL } from '../support/app.js'
+import { deletePrefix } from '../support/redis.js'
+import { freePort } from '../support/net.js'
+import { until } from '../support/wait.js'
+import type { Test } from '../support/tap.js'
 
-const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url))
+const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url))
 
 interface Answer { status: number, body: string }
 

@@ -5,10 +5,10 @@ import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders }
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { newPrivateJwk } from '../scripts/keys.js'
-import { API_KEY, OTHER_API_KEY, REDIS_URL, decodeJwt, type Pair } from './support/app.js'
-import { deletePrefix } from './support/redis.js'
-import { freePort } from './support/net.js'
+import { newPrivateJwk } from '../../scripts/keys.js'
+import { API_KEY, OTHER_API_KEY, REDIS_URL, decodeJwt, type Pair } from '../support/app.js'
+import { deletePrefix } from '../support/redis.js'
+import { freePort } from '../support/net.js'
 
 /*
  * Three real Rotor processes behind a round-robin proxy, sharing one Redis, must behave as one
@@ -16,7 +16,7 @@ import { freePort } from './support/net.js'
  * "log out everywhere" holds on every instance.
  */
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const INSTANCES = 3
 const MAX = 40
 /** A key for the rate-limit test alone, so that no other test spends its budget. */

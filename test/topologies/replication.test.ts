@@ -2,10 +2,10 @@ import { test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
-import { LogCapture, build, introspectToken, issue, refreshWith, type Pair } from './support/app.js'
-import { redisCommand, startRedis, untilReplicating, type OwnRedis } from './support/redis.js'
-import { TcpProxy } from './support/net.js'
-import { until } from './support/wait.js'
+import { LogCapture, build, introspectToken, issue, refreshWith, type Pair } from '../support/app.js'
+import { redisCommand, startRedis, untilReplicating, type OwnRedis } from '../support/redis.js'
+import { TcpProxy } from '../support/net.js'
+import { until } from '../support/wait.js'
 
 // Redis replicates asynchronously: a write the primary acknowledged may not have reached the
 // replica when the primary dies, and the promoted replica never saw it. For a denylist that

@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { API_KEY, build, introspectToken, issue, listen, refreshWith } from './support/app.js'
-import { redisCommand, startCluster } from './support/redis.js'
-import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from './support/traffic.js'
-import { until } from './support/wait.js'
+import { API_KEY, build, introspectToken, issue, listen, refreshWith } from '../support/app.js'
+import { redisCommand, startCluster } from '../support/redis.js'
+import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
+import { until } from '../support/wait.js'
 
 // One cluster for the file (3 masters, each with a replica); the failover test comes last.
 test('on a Redis Cluster with replicas', async (t) => {
