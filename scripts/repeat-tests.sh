@@ -15,9 +15,9 @@ mkdir -p "$OUT"
 files=("$@")
 # By default: every file that starts processes of its own (redis-servers, sentinels, clusters, Rotor servers, Django, Chromium, npm).
 [ ${#files[@]} -gt 0 ] || files=(test/topologies/sentinel.test.ts test/topologies/cluster.test.ts test/topologies/replication.test.ts test/topologies/multi-instance.test.ts
-  test/topologies/store-faults.test.ts test/topologies/workers.test.ts test/topologies/shutdown.test.ts test/plugins/redis-setup.test.ts test/management.test.ts
-  test/plugins/config.test.ts test/plugins/denylist.test.ts test/plugins/rate-limit.test.ts test/operations.test.ts test/django.test.ts test/verifier-example.test.ts
-  test/plugins/key-rotation.test.ts test/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
+  test/topologies/store-faults.test.ts test/topologies/workers.test.ts test/topologies/shutdown.test.ts test/plugins/redis-setup.test.ts test/ops/management.test.ts
+  test/plugins/config.test.ts test/plugins/denylist.test.ts test/plugins/rate-limit.test.ts test/ops/operations.test.ts test/django.test.ts test/verifier-example.test.ts
+  test/plugins/key-rotation.test.ts test/ops/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
   test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts test/issues/12-store-loss.test.ts
   test/browser.test.ts test/client.test.ts test/client-browser.test.ts test/client-package.test.ts)
 

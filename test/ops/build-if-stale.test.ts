@@ -4,7 +4,7 @@ import { copyFileSync, existsSync, mkdirSync, statSync, symlinkSync, utimesSync 
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 // Without tap's NODE_OPTIONS: its coverage would count the fixture's copy of the script as project code.
 const PLAIN_ENV = { PATH: process.env['PATH'] ?? '' }
 

@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { API_KEY, build, issue, listen } from './support/app.js'
-import { startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
-import { until } from './support/wait.js'
+import { API_KEY, build, issue, listen } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
+import { until } from '../support/wait.js'
 
 /** The ops listener, listening on a free port of its own (as src/server.ts does). */
 async function listenManagement (app: FastifyInstance): Promise<string> {

@@ -12,17 +12,17 @@ import { Secret, type ISecret } from 'kubernetes-models/v1/Secret'
 import { Service, type IService } from 'kubernetes-models/v1/Service'
 import type { IContainer } from 'kubernetes-models/v1/Container'
 import type { IProbe } from 'kubernetes-models/v1/Probe'
-import { loadConfig } from '../src/config.js'
-import { ConfigError } from '../plugins/errors.js'
-import { parseKeysFile } from '../plugins/key-material.js'
-import { COMMAND_TIMEOUT_MS } from '../plugins/redis.js'
-import { generate, rotate } from '../scripts/keys.js'
-import { build } from './support/app.js'
-import { freePort } from './support/net.js'
+import { loadConfig } from '../../src/config.js'
+import { ConfigError } from '../../plugins/errors.js'
+import { parseKeysFile } from '../../plugins/key-material.js'
+import { COMMAND_TIMEOUT_MS } from '../../plugins/redis.js'
+import { generate, rotate } from '../../scripts/keys.js'
+import { build } from '../support/app.js'
+import { freePort } from '../support/net.js'
 
 // deploy/*.yaml is what `kubectl apply -f deploy/` reads; deploy/examples/ holds the Secrets' shape,
 // which is checked as strictly but never applied from there.
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FOLDERS = ['deploy', 'deploy/examples']
 
 type Manifest = Record<string, unknown> & { apiVersion: string, kind: string, metadata?: { name?: string, namespace?: string } }

@@ -4,15 +4,15 @@ import { chownSync, existsSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
-import type { Algorithm } from '../src/config.js'
-import { ConfigError } from '../plugins/errors.js'
-import { loadKeyMaterial, RETIRING_SINCE, STAGED_SINCE } from '../plugins/key-material.js'
+import type { Algorithm } from '../../src/config.js'
+import { ConfigError } from '../../plugins/errors.js'
+import { loadKeyMaterial, RETIRING_SINCE, STAGED_SINCE } from '../../plugins/key-material.js'
 import {
   defaultMinAge, generate, main, readKeys, retire, rotate, USAGE, writeKeys, type Jwk, type KeysDocument
-} from '../scripts/keys.js'
-import { testConfig } from './support/app.js'
+} from '../../scripts/keys.js'
+import { testConfig } from '../support/app.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const NOW = new Date('2026-03-01T12:00:00.000Z')
 const DAY = 86_400
 
