@@ -19,7 +19,7 @@ files=("$@")
   test/plugins/config.test.ts test/plugins/denylist.test.ts test/plugins/rate-limit.test.ts test/ops/operations.test.ts test/django.test.ts test/verifier-example.test.ts
   test/plugins/key-rotation.test.ts test/ops/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
   test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts test/issues/12-store-loss.test.ts
-  test/browser.test.ts test/client.test.ts test/client-browser.test.ts test/client-package.test.ts)
+  test/browser.test.ts test/client/client.test.ts test/client/client-browser.test.ts test/client/client-package.test.ts)
 
 run() { # label, log file, command...
   local label=$1 log=$2; shift 2

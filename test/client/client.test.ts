@@ -2,9 +2,9 @@ import { test } from 'tap'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createRotorClient, expiryOf, memoryStorage, RotorRefusedError, RotorUnavailableError, type RotorClientOptions, type RotorStorage, type SignOutReason, type StoredSession } from '@rotor/client'
-import { build, introspectToken, issue, listen, REDIS_URL, refreshWith, type Pair } from './support/app.js'
-import { freePort, TcpProxy } from './support/net.js'
-import type { Test } from './support/tap.js'
+import { build, introspectToken, issue, listen, REDIS_URL, refreshWith, type Pair } from '../support/app.js'
+import { freePort, TcpProxy } from '../support/net.js'
+import type { Test } from '../support/tap.js'
 
 // @rotor/client in Node, against a real Rotor over real sockets (and, for answers Rotor never
 // gives, a scripted server). The browser side (tabs, Web Locks, IndexedDB) is in client-browser.test.ts.

@@ -3,18 +3,18 @@ import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { launchChromium } from './support/browser.js'
-import { API_KEY, build, introspectToken, listen, type Pair } from './support/app.js'
-import { startRedis } from './support/redis.js'
-import type { Test } from './support/tap.js'
+import { launchChromium } from '../support/browser.js'
+import { API_KEY, build, introspectToken, listen, type Pair } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
+import type { Test } from '../support/tap.js'
 
 // @rotor/client in real Chromium tabs against a real Rotor and Redis, with REFRESH_REUSE_GRACE=0:
 // any two refreshes of one token are a reuse, and a reuse ends the session. Tabs of one browser
 // context share IndexedDB, BroadcastChannel and Web Locks, as a user's tabs do. The same storm is
 // run with the naive client most front ends have (each tab refreshing on its own) for comparison.
 
-const PAGE_HTML = new URL('./fixtures/browser/client-tab.html', import.meta.url)
-const CLIENT_DIST = new URL('../client/dist/', import.meta.url)
+const PAGE_HTML = new URL('../fixtures/browser/client-tab.html', import.meta.url)
+const CLIENT_DIST = new URL('../../client/dist/', import.meta.url)
 const ACCESS_TOKEN_TTL = 3
 const TABS = 6
 const EVERY_MS = 100

@@ -10,7 +10,7 @@ import { gzipSync } from 'node:zlib'
 // into an empty project outside the repository (so that nothing resolves through the workspace's
 // node_modules), type-checked in a browser app and in a Node server, and run in Node.
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc')
 /** The summed gzipped size of the package's JavaScript must stay under this. */
 const BUDGET_BYTES = 8 * 1024

@@ -1,8 +1,8 @@
 import { test } from 'tap'
 import { IDBFactory } from 'fake-indexeddb'
 import { createRotorClient, indexedDbStorage, type RotorClientOptions, type SignOutReason } from '@rotor/client'
-import { build, issue, listen } from './support/app.js'
-import type { Test } from './support/tap.js'
+import { build, issue, listen } from '../support/app.js'
+import type { Test } from '../support/tap.js'
 
 // The IndexedDB storage in Node, on fake-indexeddb (an implementation of the IndexedDB spec that
 // passes most of its web-platform tests): two storages on one factory are two tabs of one origin.
