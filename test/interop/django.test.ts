@@ -2,10 +2,10 @@ import { test } from 'tap'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createHmac, createPublicKey, generateKeyPairSync, sign } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { API_KEY, build, decodeJwt, issue, listen } from './support/app.js'
-import { startRedis } from './support/redis.js'
-import { freePort } from './support/net.js'
-import type { Test } from './support/tap.js'
+import { API_KEY, build, decodeJwt, issue, listen } from '../support/app.js'
+import { startRedis } from '../support/redis.js'
+import { freePort } from '../support/net.js'
+import type { Test } from '../support/tap.js'
 
 /**
  * The old backend keeps working: a Django + DRF + djangorestframework-simplejwt project
@@ -15,7 +15,7 @@ import type { Test } from './support/tap.js'
  * Without them this file fails (it never skips): CI installs them (see .ci/run).
  */
 const PYTHON = process.env['DJANGO_PYTHON'] ?? '/usr/bin/python3'
-const PROJECT = fileURLToPath(new URL('./fixtures/django/', import.meta.url))
+const PROJECT = fileURLToPath(new URL('../fixtures/django/', import.meta.url))
 const APT = 'apt-get install -y python3-django python3-djangorestframework python3-djangorestframework-simplejwt python3-jwt python3-cryptography'
 
 /** The environment of a Python child: no pyenv or virtualenv leaking into Debian's interpreter. */

@@ -2,9 +2,9 @@ import { test } from 'tap'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { launchChromium } from './support/browser.js'
-import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair } from './support/app.js'
-import type { Test } from './support/tap.js'
+import { launchChromium } from '../support/browser.js'
+import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair } from '../support/app.js'
+import type { Test } from '../support/tap.js'
 
 // A real browser against a real Rotor: Debian's Chromium, driven by playwright-core, loads a
 // small "Next.js-like" site on http://localhost:3000 (the origin CORS_ORIGINS allows by default).
@@ -15,7 +15,7 @@ const SITE_PORT = 3000
 const SITE = `http://localhost:${SITE_PORT}`
 const PASSWORD = 'correct horse battery staple'
 const ACCESS_TOKEN_TTL = '3s'
-const PAGE_HTML = new URL('./fixtures/browser/app.html', import.meta.url)
+const PAGE_HTML = new URL('../fixtures/browser/app.html', import.meta.url)
 
 interface Answer { status: number, body: Record<string, unknown> }
 interface MeAnswer extends Answer { refreshed: boolean, firstStatus?: number, refresh?: Answer }
