@@ -3,14 +3,14 @@ import { execFile } from 'node:child_process'
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { pathToFileURL } from 'node:url'
 import { gzipSync } from 'node:zlib'
+import { ROOT } from '../support/paths.js'
 
 // What a user installing the published @rotor/client gets: the tarball `npm pack` makes, installed
 // into an empty project outside the repository (so that nothing resolves through the workspace's
 // node_modules), type-checked in a browser app and in a Node server, and run in Node.
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const TSC = join(ROOT, 'node_modules/typescript/bin/tsc')
 /** The summed gzipped size of the package's JavaScript must stay under this. */
 const BUDGET_BYTES = 8 * 1024

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose'
 import { createVerifier, startServer, type RunningServer } from '../../examples/verify-backend/server.js'
 import { createJwtCallback, decide, expiryOf, sessionCallback, type RotorJWT, type RotorRefreshOptions } from '../../examples/nextjs-auth/auth.js'
@@ -10,6 +10,7 @@ import { build, decodeJwt, issue, listen, refreshWith, type Pair } from '../supp
 import { startRedis } from '../support/redis.js'
 import { freePort } from '../support/net.js'
 import type { Test } from '../support/tap.js'
+import { ROOT } from '../support/paths.js'
 
 /** The verify-backend example in front of the Rotor at `rotorUrl`, closed in teardown. */
 async function verifyBackend (t: Test, rotorUrl: string, options: Parameters<typeof createVerifier>[1] = {}): Promise<RunningServer> {
@@ -133,7 +134,7 @@ test('the verify-backend runs as a program, settings from the environment, and s
   const app = await build(t, { JWT_ALGORITHM: 'ES256' })
   const rotorUrl = await listen(app)
   const port = await freePort()
-  const script = fileURLToPath(new URL('../../examples/verify-backend/server.ts', import.meta.url))
+  const script = join(ROOT, 'examples/verify-backend/server.ts')
   // The same loader flags as this test (TypeScript), so the example runs as its README says.
   const child = spawn(process.execPath, [...process.execArgv, script], {
     env: { ...process.env, ROTOR_JWKS_URL: `${rotorUrl}/.well-known/jwks.json`, ROTOR_ALGORITHMS: 'ES256', PORT: String(port) },

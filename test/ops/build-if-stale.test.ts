@@ -2,9 +2,8 @@ import { test } from 'tap'
 import { spawnSync } from 'node:child_process'
 import { copyFileSync, existsSync, mkdirSync, statSync, symlinkSync, utimesSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { ROOT } from '../support/paths.js'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 // Without tap's NODE_OPTIONS: its coverage would count the fixture's copy of the script as project code.
 const PLAIN_ENV = { PATH: process.env['PATH'] ?? '' }
 

@@ -1,9 +1,7 @@
 import { test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+import { ROOT } from '../support/paths.js'
 
 function succeeds (command: string, args: string[]): boolean {
   try {

@@ -1,6 +1,5 @@
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { Deployment, type IDeployment } from 'kubernetes-models/apps/v1/Deployment'
@@ -19,10 +18,10 @@ import { COMMAND_TIMEOUT_MS } from '../../plugins/redis.js'
 import { generate, rotate } from '../../scripts/keys.js'
 import { build } from '../support/app.js'
 import { freePort } from '../support/net.js'
+import { ROOT } from '../support/paths.js'
 
 // deploy/*.yaml is what `kubectl apply -f deploy/` reads; deploy/examples/ holds the Secrets' shape,
 // which is checked as strictly but never applied from there.
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FOLDERS = ['deploy', 'deploy/examples']
 
 type Manifest = Record<string, unknown> & { apiVersion: string, kind: string, metadata?: { name?: string, namespace?: string } }

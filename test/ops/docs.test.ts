@@ -1,7 +1,9 @@
 import { test } from 'tap'
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ROOT } from '../support/paths.js'
 
-const read = (path: string): string => readFileSync(new URL(`../../${path}`, import.meta.url), 'utf8')
+const read = (path: string): string => readFileSync(join(ROOT, path), 'utf8')
 
 test('every setting Rotor reads is in the README\'s settings table and in .env.example', async (t) => {
   const source = read('src/config.ts')

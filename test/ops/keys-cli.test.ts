@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { chownSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
 import type { Algorithm } from '../../src/config.js'
 import { ConfigError } from '../../plugins/errors.js'
@@ -11,8 +10,8 @@ import {
   defaultMinAge, generate, main, readKeys, retire, rotate, USAGE, writeKeys, type Jwk, type KeysDocument
 } from '../../scripts/keys.js'
 import { testConfig } from '../support/app.js'
+import { ROOT } from '../support/paths.js'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const NOW = new Date('2026-03-01T12:00:00.000Z')
 const DAY = 86_400
 

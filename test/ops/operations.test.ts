@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'tap'
 import { API_KEY, build, issue, refreshWith, type Pair } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
+import { ROOT } from '../support/paths.js'
 
 /** The value of one sample line of the exposition, or 0 when absent. */
 function sample (text: string, line: string): number {
@@ -68,7 +70,7 @@ test('the OpenAPI document lists every route with its bodies and error answers',
   t.equal(response.statusCode, 200)
   const document = response.json<{ openapi: string, paths: Record<string, Record<string, { responses: Record<string, unknown>, requestBody?: unknown }>> }>()
   t.match(document.openapi, /^3\./)
-  t.equal((document as unknown as { info: { version: string } }).info.version, (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version, 'the release, from package.json')
+  t.equal((document as unknown as { info: { version: string } }).info.version, (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version, 'the release, from package.json')
   for (const path of ['/v1/tokens', '/v1/tokens/refresh', '/v1/tokens/revoke', '/v1/tokens/introspect', '/v1/subjects/{sub}/revoke', '/.well-known/jwks.json', '/health/live', '/health/ready', '/metrics']) {
     t.ok(document.paths[path] !== undefined, path)
   }

@@ -2,9 +2,8 @@ import { test } from 'tap'
 import { readdirSync, readFileSync } from 'node:fs'
 import { builtinModules } from 'node:module'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { ROOT } from '../support/paths.js'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
   version: string, engines: { node: string }, dependencies: Record<string, string>, devDependencies: Record<string, string>
 }

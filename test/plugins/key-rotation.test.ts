@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import { test } from 'tap'
 import { ConfigError } from '../../plugins/errors.js'
@@ -10,8 +9,8 @@ import { loadKeyMaterial, STAGED_SINCE } from '../../plugins/key-material.js'
 import { Keyring } from '../../plugins/keyring.js'
 import { generate, retire, rotate, type KeysDocument } from '../../scripts/keys.js'
 import { build, decodeJwt, introspectToken, issue, LogCapture, refreshWith, testConfig, type Pair } from '../support/app.js'
+import { SERVER } from '../support/paths.js'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 type Line = Record<string, unknown>
 
 function kidOf (token: string): unknown {
@@ -256,7 +255,7 @@ test('SIGHUP makes a running server read its keys file again, and does not stop 
   const { path, first } = newKeysFile(dir)
   const env: Record<string, string> = {}
   for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !/^(JWT_|REDIS_|API_KEYS|NODE_ENV|PORT|HOST)/.test(name)) env[name] = value
-  const child = spawn(process.execPath, [...process.execArgv, join(ROOT, 'src/server.ts')], {
+  const child = spawn(process.execPath, [...process.execArgv, SERVER], {
     cwd: dir, env: { ...env, JWT_KEYS_FILE: path, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info' }
   })
   const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)

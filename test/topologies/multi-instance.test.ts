@@ -3,12 +3,12 @@ import { randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { newPrivateJwk } from '../../scripts/keys.js'
 import { API_KEY, OTHER_API_KEY, REDIS_URL, decodeJwt, type Pair } from '../support/app.js'
 import { deletePrefix } from '../support/redis.js'
 import { freePort } from '../support/net.js'
+import { SERVER } from '../support/paths.js'
 
 /*
  * Three real Rotor processes behind a round-robin proxy, sharing one Redis, must behave as one
@@ -16,7 +16,6 @@ import { freePort } from '../support/net.js'
  * "log out everywhere" holds on every instance.
  */
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const INSTANCES = 3
 const MAX = 40
 /** A key for the rate-limit test alone, so that no other test spends its budget. */
@@ -64,7 +63,7 @@ async function startInstance (dir: string, env: Record<string, string>, started:
   const port = await freePort()
   const inherited: Record<string, string> = {}
   for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !SETTINGS.has(name)) inherited[name] = value
-  const child = spawn(process.execPath, [...process.execArgv, `--import=${ORPHAN_GUARD}`, join(ROOT, 'src/server.ts')], {
+  const child = spawn(process.execPath, [...process.execArgv, `--import=${ORPHAN_GUARD}`, SERVER], {
     cwd: dir, // no stray .env: only the settings given here
     env: { ...inherited, ...env, PORT: String(port), HOST: '127.0.0.1' },
     stdio: ['pipe', 'pipe', 'pipe']

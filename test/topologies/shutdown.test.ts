@@ -1,10 +1,8 @@
 import { test } from 'tap'
 import { spawn } from 'node:child_process'
 import { request } from 'node:http'
-import { fileURLToPath } from 'node:url'
 import { API_KEY } from '../support/app.js'
-
-const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url))
+import { SERVER } from '../support/paths.js'
 
 test('SIGTERM lets a request in flight finish, then exits 0', async (t) => {
   const child = spawn(process.execPath, [...process.execArgv, SERVER], {

@@ -2,7 +2,6 @@ import { test } from 'tap'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { request } from 'node:http'
-import { fileURLToPath } from 'node:url'
 import { loadConfig } from '../../src/config.js'
 import { ConfigError } from '../../plugins/errors.js'
 import { API_KEY, REDIS_URL } from '../support/app.js'
@@ -10,8 +9,7 @@ import { deletePrefix } from '../support/redis.js'
 import { freePort } from '../support/net.js'
 import { until } from '../support/wait.js'
 import type { Test } from '../support/tap.js'
-
-const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url))
+import { SERVER } from '../support/paths.js'
 
 interface Answer { status: number, body: string }
 
