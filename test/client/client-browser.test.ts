@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { launchChromium } from '../support/browser.js'
 import { API_KEY, build, introspectToken, listen, type Pair } from '../support/app.js'
+import { metric } from '../support/metrics.js'
 import { startRedis } from '../support/redis.js'
 import type { Test } from '../support/tap.js'
 
@@ -71,17 +72,13 @@ async function rotorFor (t: Test, origin: string, accessTokenTtl = ACCESS_TOKEN_
   const redis = await startRedis(t, ['--appendonly', 'yes', '--appendfsync', 'always'])
   const app = await build(t, { REDIS_URL: redis.url, ACCESS_TOKEN_TTL: `${accessTokenTtl}s`, REFRESH_REUSE_GRACE: '0', CORS_ORIGINS: origin })
   const base = await listen(app)
-  const metric = async (sample: string): Promise<number> => {
-    const line = (await (await fetch(`${base}/metrics`)).text()).split('\n').find((entry) => entry.startsWith(`${sample} `))
-    return line === undefined ? 0 : Number(line.split(' ')[1])
-  }
   return {
     app,
     base,
     redis,
-    rotations: async () => await metric('rotor_tokens_refreshed_total{retry="false"}'),
-    repeats: async () => await metric('rotor_tokens_refreshed_total{retry="true"}'),
-    reuses: async () => await metric('rotor_refresh_reuse_total{enforced="true"}')
+    rotations: async () => await metric(base, 'rotor_tokens_refreshed_total{retry="false"}'),
+    repeats: async () => await metric(base, 'rotor_tokens_refreshed_total{retry="true"}'),
+    reuses: async () => await metric(base, 'rotor_refresh_reuse_total{enforced="true"}')
   }
 }
 

@@ -2,6 +2,7 @@ import { test } from 'tap'
 import { IDBFactory } from 'fake-indexeddb'
 import { createRotorClient, indexedDbStorage, type RotorClientOptions, type SignOutReason } from '@rotor/client'
 import { build, issue, listen } from '../support/app.js'
+import { scrape, sum } from '../support/metrics.js'
 import type { Test } from '../support/tap.js'
 
 // The IndexedDB storage in Node, on fake-indexeddb (an implementation of the IndexedDB spec that
@@ -37,8 +38,7 @@ function recordingLocks (): { names: string[], locks: { request: <T>(name: strin
 }
 
 async function refreshCount (base: string): Promise<number> {
-  const text = await (await fetch(`${base}/metrics`)).text()
-  return text.split('\n').filter((line) => line.startsWith('rotor_tokens_refreshed_total{')).reduce((sum, line) => sum + Number(line.split(' ')[1]), 0)
+  return sum(await scrape(base), 'rotor_tokens_refreshed_total')
 }
 
 /** Two tabs of one origin: a client each, with a storage each, on one IndexedDB. */

@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { createRotorClient, expiryOf, memoryStorage, RotorRefusedError, RotorUnavailableError, type RotorClientOptions, type RotorStorage, type SignOutReason, type StoredSession } from '@rotor/client'
 import { build, introspectToken, issue, listen, REDIS_URL, refreshWith, type Pair } from '../support/app.js'
+import { metric } from '../support/metrics.js'
 import { freePort, TcpProxy } from '../support/net.js'
 import type { Test } from '../support/tap.js'
 
@@ -25,12 +26,6 @@ function counting (): { fetch: typeof fetch, refreshes: () => number, requests: 
 /** The pair, as if its access token had just expired: the client must refresh before using it. */
 function expired (pair: Pair): Pair {
   return { ...pair, expires_in: 0 }
-}
-
-async function metric (base: string, sample: string): Promise<number> {
-  const text = await (await fetch(`${base}/metrics`)).text()
-  const line = text.split('\n').find((entry) => entry.startsWith(`${sample} `))
-  return line === undefined ? 0 : Number(line.split(' ')[1])
 }
 
 /** A server answering what a test scripts, one answer per request; records the requests. */

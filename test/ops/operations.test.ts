@@ -2,14 +2,9 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'tap'
 import { API_KEY, build, issue, refreshWith, type Pair } from '../support/app.js'
+import { sample } from '../support/metrics.js'
 import { startRedis } from '../support/redis.js'
 import { ROOT } from '../support/paths.js'
-
-/** The value of one sample line of the exposition, or 0 when absent. */
-function sample (text: string, line: string): number {
-  const found = text.split('\n').find((candidate) => candidate.startsWith(`${line} `))
-  return found === undefined ? 0 : Number(found.slice(line.length + 1))
-}
 
 test('metrics count issued, refreshed, refused, reused and revoked tokens', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
