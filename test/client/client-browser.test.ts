@@ -6,6 +6,7 @@ import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { launchChromium } from '../support/browser.js'
 import { API_KEY, build, introspectToken, listen, type Pair } from '../support/app.js'
 import { metric } from '../support/metrics.js'
+import { readBody } from '../support/net.js'
 import { startRedis } from '../support/redis.js'
 import type { Test } from '../support/tap.js'
 
@@ -34,12 +35,6 @@ interface Seen {
 }
 
 type Kind = 'rotor' | 'naive'
-
-async function readBody (request: IncomingMessage): Promise<string> {
-  let text = ''
-  for await (const chunk of request) text += String(chunk)
-  return text
-}
 
 /** The site the tabs load: the page, the client package's build, and a login that asks Rotor for a pair. */
 async function site (t: Test): Promise<{ origin: string, use: (rotor: string) => void }> {

@@ -4,6 +4,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { launchChromium } from '../support/browser.js'
 import { API_KEY, build, decodeJwt, introspectToken, listen, type Pair } from '../support/app.js'
+import { readBody } from '../support/net.js'
 import type { Test } from '../support/tap.js'
 
 // A real browser against a real Rotor: Debian's Chromium, driven by playwright-core, loads a
@@ -55,12 +56,6 @@ interface FetchOutcome { status?: number, type?: string, text?: string, error?: 
 async function until (condition: () => boolean): Promise<void> {
   const deadline = Date.now() + 2000
   while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
-}
-
-async function readBody (request: IncomingMessage): Promise<string> {
-  let text = ''
-  for await (const chunk of request) text += String(chunk)
-  return text
 }
 
 function sendJson (response: ServerResponse, status: number, body: unknown): void {

@@ -1,4 +1,6 @@
-// The network under a test: free ports, and a proxy that makes the faults a network makes.
+// The network under a test: free ports, a proxy that makes the faults a network makes, and the
+// body of a request that a test's own HTTP server (a site, a backend) received.
+import type { IncomingMessage } from 'node:http'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 
 export async function freePort (): Promise<number> {
@@ -104,4 +106,11 @@ export class TcpProxy {
     if (this.delayMs === 0) send()
     else setTimeout(send, this.delayMs)
   }
+}
+
+/** The whole body of a request to a test's own node:http server, as text. */
+export async function readBody (request: IncomingMessage): Promise<string> {
+  let text = ''
+  for await (const chunk of request) text += String(chunk)
+  return text
 }
