@@ -1,5 +1,6 @@
 import { test } from 'tap'
 import { readFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
@@ -20,8 +21,6 @@ const CLIENT_DIST = new URL('../../client/dist/', import.meta.url)
 const ACCESS_TOKEN_TTL = 3
 const TABS = 6
 const EVERY_MS = 100
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
 /** What client-tab.html's `tab.seen()` answers. */
 interface Seen {

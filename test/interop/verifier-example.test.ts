@@ -1,6 +1,7 @@
 import { test } from 'tap'
 import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { exportJWK, generateKeyPair, SignJWT, type JWTPayload } from 'jose'
 import { createVerifier, startServer, type RunningServer } from '../../examples/verify-backend/server.js'
@@ -23,8 +24,6 @@ async function me (backend: RunningServer, token?: string): Promise<{ status: nu
   const response = await fetch(`${backend.url}/api/me`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } })
   return { status: response.status, body: await response.json() as Record<string, unknown>, headers: response.headers }
 }
-
-const sleep = async (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 for (const algorithm of ['EdDSA', 'ES256'] as const) {
   test(`the verify-backend accepts a Rotor ${algorithm} access token and refuses its refresh token, no token, and another Rotor's token`, async (t) => {
