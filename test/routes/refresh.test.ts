@@ -1,5 +1,6 @@
 import { test } from 'tap'
 import { build, decodeJwt, issue, listen, LogCapture, refreshWith, introspectToken, type Pair } from '../support/app.js'
+import { refreshAtOnce } from '../support/traffic.js'
 
 test('refresh rotates the pair, keeping sid, auth_time and custom claims', async (t) => {
   const app = await build(t)
@@ -84,10 +85,7 @@ test('50 concurrent refreshes of one token over real sockets, window off: exactl
   const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
   const base = await listen(app)
   const pair = await issue(app)
-  const responses = await Promise.all(Array.from({ length: 50 }, async () => fetch(`${base}/v1/tokens/refresh`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: pair.refresh_token })
-  })))
-  const statuses = responses.map((response) => response.status)
+  const statuses = await refreshAtOnce(base, pair.refresh_token, 50)
   t.equal(statuses.filter((status) => status === 200).length, 1)
   t.equal(statuses.filter((status) => status === 401).length, 49)
 })
