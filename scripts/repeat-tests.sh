@@ -14,12 +14,19 @@ OUT=${OUT:-$(mktemp -d -t rotor-repeat-XXXXXX)}
 mkdir -p "$OUT"
 files=("$@")
 # By default: every file that starts processes of its own (redis-servers, sentinels, clusters, Rotor servers, Django, Chromium, npm).
-[ ${#files[@]} -gt 0 ] || files=(test/topologies/sentinel.test.ts test/topologies/cluster.test.ts test/topologies/replication.test.ts test/topologies/multi-instance.test.ts
-  test/topologies/store-faults.test.ts test/topologies/workers.test.ts test/topologies/shutdown.test.ts test/plugins/redis-setup.test.ts test/ops/management.test.ts
-  test/plugins/config.test.ts test/plugins/denylist.test.ts test/plugins/rate-limit.test.ts test/ops/operations.test.ts test/interop/django.test.ts test/interop/verifier-example.test.ts
-  test/plugins/key-rotation.test.ts test/ops/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
-  test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts test/issues/12-store-loss.test.ts
-  test/interop/browser.test.ts test/client/client.test.ts test/client/client-browser.test.ts test/client/client-package.test.ts)
+[ ${#files[@]} -gt 0 ] || files=(
+  test/topologies/sentinel.test.ts test/topologies/cluster.test.ts test/topologies/replication.test.ts
+  test/topologies/multi-instance.test.ts test/topologies/store-faults.test.ts test/topologies/workers.test.ts
+  test/topologies/shutdown.test.ts
+  test/plugins/redis-setup.test.ts test/plugins/config.test.ts test/plugins/denylist.test.ts
+  test/plugins/rate-limit.test.ts test/plugins/key-rotation.test.ts
+  test/ops/management.test.ts test/ops/operations.test.ts test/ops/keys-cli.test.ts
+  test/interop/django.test.ts test/interop/verifier-example.test.ts test/interop/browser.test.ts
+  test/client/client.test.ts test/client/client-browser.test.ts test/client/client-package.test.ts
+  test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
+  test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts
+  test/issues/12-store-loss.test.ts
+)
 
 run() { # label, log file, command...
   local label=$1 log=$2; shift 2
