@@ -3,7 +3,7 @@
 # (default 10), stopping at the first failure and keeping its whole output.
 #
 #   scripts/repeat-tests.sh                       # the files that start processes, 10 runs each
-#   RUNS=20 scripts/repeat-tests.sh test/sentinel.test.ts
+#   RUNS=20 scripts/repeat-tests.sh test/topologies/sentinel.test.ts
 #   FULL=3 scripts/repeat-tests.sh                # npm test, 3 full runs in a row (coverage and all)
 #
 # Prints one line per run and a tally; exits 1 at the first failure (its output is in $OUT).
@@ -14,12 +14,19 @@ OUT=${OUT:-$(mktemp -d -t rotor-repeat-XXXXXX)}
 mkdir -p "$OUT"
 files=("$@")
 # By default: every file that starts processes of its own (redis-servers, sentinels, clusters, Rotor servers, Django, Chromium, npm).
-[ ${#files[@]} -gt 0 ] || files=(test/sentinel.test.ts test/cluster.test.ts test/replication.test.ts test/multi-instance.test.ts
-  test/store-faults.test.ts test/workers.test.ts test/shutdown.test.ts test/redis-setup.test.ts test/management.test.ts
-  test/config.test.ts test/denylist.test.ts test/rate-limit.test.ts test/operations.test.ts test/django.test.ts test/verifier-example.test.ts
-  test/key-rotation.test.ts test/keys-cli.test.ts test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
-  test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts test/issues/12-store-loss.test.ts
-  test/browser.test.ts test/client.test.ts test/client-browser.test.ts test/client-package.test.ts)
+[ ${#files[@]} -gt 0 ] || files=(
+  test/topologies/sentinel.test.ts test/topologies/cluster.test.ts test/topologies/replication.test.ts
+  test/topologies/multi-instance.test.ts test/topologies/store-faults.test.ts test/topologies/workers.test.ts
+  test/topologies/shutdown.test.ts
+  test/plugins/redis-setup.test.ts test/plugins/config.test.ts test/plugins/denylist.test.ts
+  test/plugins/rate-limit.test.ts test/plugins/key-rotation.test.ts
+  test/ops/management.test.ts test/ops/operations.test.ts test/ops/keys-cli.test.ts
+  test/interop/django.test.ts test/interop/verifier-example.test.ts test/interop/browser.test.ts
+  test/client/client.test.ts test/client/client-browser.test.ts test/client/client-package.test.ts
+  test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
+  test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts
+  test/issues/12-store-loss.test.ts
+)
 
 run() { # label, log file, command...
   local label=$1 log=$2; shift 2

@@ -196,7 +196,7 @@ export async function startServer (options: StartOptions): Promise<RunningServer
   }
 }
 
-// Run as a program: settings from the environment. (test/verifier-example.test.ts runs it so.)
+// Run as a program: settings from the environment. (test/interop/verifier-example.test.ts runs it so.)
 /* c8 ignore start: the defaults below are for a person at a shell */
 const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href
 if (isMain) {

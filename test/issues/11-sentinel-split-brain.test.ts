@@ -1,6 +1,8 @@
 import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build, issue, redisCommand, startSentinel, until } from '../helper.js'
+import { build, issue } from '../support/app.js'
+import { redisCommand, startSentinel } from '../support/redis.js'
+import { until } from '../support/wait.js'
 
 // Issue 11: "a revocation made well before the failover survived it" failed 3 runs in 4 on the
 // reporter's machine. The mechanism: a primary that stalls past down-after is failed over, comes

@@ -2,7 +2,11 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, decodeJwt, issue, listen, redisCommand, startRedis, TcpProxy, until, type Pair, type Test } from '../helper.js'
+import { build, decodeJwt, issue, listen, type Pair } from '../support/app.js'
+import { redisCommand, startRedis } from '../support/redis.js'
+import { TcpProxy } from '../support/net.js'
+import { until } from '../support/wait.js'
+import type { Test } from '../support/tap.js'
 
 // Issue 12: when Redis ran a rotation but its reply came late (500–750 ms each way) or was lost
 // (the connection reset after Redis answered), Rotor answered 503, as it should, yet the rotation

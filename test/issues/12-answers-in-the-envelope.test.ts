@@ -1,8 +1,7 @@
 import { test } from 'tap'
 import { connect, type Socket } from 'node:net'
-import { API_KEY, build, listen } from '../helper.js'
+import { API_KEY, build, listen, testConfig } from '../support/app.js'
 import { buildApp } from '../../src/app.js'
-import { testConfig } from '../helper.js'
 
 // Issue 12: answers outside the envelope. The router's own refusals (an over-long path parameter,
 // a URL with broken percent-encoding) and the requests that arrive while Rotor drains got

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { API_KEY, build, type Pair } from '../helper.js'
+import { API_KEY, build, type Pair } from '../support/app.js'
 
 // Issue 12: issuance took bodies up to 16 KiB, but tokens over 8,192 characters are refused: 8 KB
 // of claims issued 200 and refreshed 401 token_invalid, 12 KB issued 200 and refreshed 413.

@@ -1,5 +1,6 @@
 import { test } from 'tap'
-import { API_KEY, REDIS_URL, build, introspectToken, issue, redisCommand, refreshWith, type Pair } from '../helper.js'
+import { API_KEY, REDIS_URL, build, introspectToken, issue, refreshWith, type Pair } from '../support/app.js'
+import { redisCommand } from '../support/redis.js'
 import { mintPair, randomId } from '../../src/minting.js'
 
 // Issue 12: "log out everywhere" compared seconds, so a session issued in the same second as the

@@ -1,5 +1,6 @@
 import { test } from 'tap'
-import { build, issue, LogCapture, redisCommand, refreshWith, startRedis } from '../helper.js'
+import { build, issue, LogCapture, refreshWith } from '../support/app.js'
+import { redisCommand, startRedis } from '../support/redis.js'
 
 // Issue 12: with Redis full under noeviction, every write was refused while /health/ready said 200
 // and the log said "store unreachable", which it was not. Now: readiness stays 200 (it answers;

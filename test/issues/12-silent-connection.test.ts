@@ -1,6 +1,10 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, issue, listen, redisCommand, startCluster, startRedis, startSentinel, TcpProxy, until, type Assertions } from '../helper.js'
+import { build, issue, listen } from '../support/app.js'
+import { redisCommand, startCluster, startRedis, startSentinel } from '../support/redis.js'
+import { TcpProxy } from '../support/net.js'
+import { until } from '../support/wait.js'
+import type { Assertions } from '../support/tap.js'
 
 // Issue 12: when the open Redis connections went silent (no FIN, no RST: a firewall or NAT that
 // dropped their state) while new connections would work, refresh and /health/ready answered 503

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { connect } from 'node:net'
 import { buildApp } from '../../src/app.js'
-import { listen, testConfig } from '../helper.js'
+import { listen, testConfig } from '../support/app.js'
 
 // Issue 12: a request trickled a byte at a time (never idle long enough for the idle timeout) was
 // held 2-3 times longer than the whole-request limit, because Node checks that limit only every

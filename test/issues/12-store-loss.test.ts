@@ -1,5 +1,7 @@
 import { test, type Test } from 'tap'
-import { API_KEY, build, issue, listen, LogCapture, redisCommand, refreshWith, startCluster, startRedis, until, type Pair } from '../helper.js'
+import { API_KEY, build, issue, listen, LogCapture, refreshWith, type Pair } from '../support/app.js'
+import { redisCommand, startCluster, startRedis } from '../support/redis.js'
+import { until } from '../support/wait.js'
 
 // Issue 12: restarted empty (no persistence), Redis forgot every rotation and revocation: a
 // rotated token's replay, a revoked session, a logged-out-everywhere session and a stolen token

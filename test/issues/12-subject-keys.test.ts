@@ -1,11 +1,11 @@
 import { test } from 'tap'
-import { API_KEY, build, issue, refreshWith } from '../helper.js'
+import { API_KEY, build, issue, refreshWith } from '../support/app.js'
 import { hashTag } from '../../plugins/store/redis.js'
 import { mintPair, newSession, randomId } from '../../src/minting.js'
 
 // Issue 12: a subject with a lone UTF-16 surrogate shared its records with its U+FFFD form
 // (Redis keeps UTF-8, where both are the same bytes): revoking one logged the other out. And a `}`
-// ended the hash tag early. (The Cluster side is in test/cluster.test.ts.)
+// ended the hash tag early. (The Cluster side is in test/topologies/cluster.test.ts.)
 
 test('a subject with a lone surrogate is refused at issuance', async (t) => {
   const app = await build(t)

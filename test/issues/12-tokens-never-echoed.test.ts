@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { API_KEY, build, issue, LogCapture, type Pair } from '../helper.js'
+import { API_KEY, build, issue, LogCapture, type Pair } from '../support/app.js'
 
 // Issue 12: a token sent where no redaction path looks (the URL's query or path, a JSON property
 // name) reached the "incoming request" log line, the validation message and the 400 answer.
