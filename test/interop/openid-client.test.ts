@@ -1,7 +1,10 @@
 import { test } from 'tap'
 import * as oidc from 'openid-client'
 import type { FastifyInstance } from 'fastify'
-import { API_KEY, build, decodeJwt, freePort, startRedis, type Pair, type Test } from './helper.js'
+import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
+import { freePort } from '../support/net.js'
+import { startRedis } from '../support/redis.js'
+import type { Test } from '../support/tap.js'
 
 /**
  * panva's openid-client (v6), unmodified, against a Rotor listening on a real socket: RFC 8414

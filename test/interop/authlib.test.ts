@@ -2,7 +2,10 @@ import { test } from 'tap'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
-import { API_KEY, build, decodeJwt, freePort, startRedis, type Pair, type Test } from './helper.js'
+import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
+import { freePort } from '../support/net.js'
+import { startRedis } from '../support/redis.js'
+import type { Test } from '../support/tap.js'
 
 /**
  * Python's Authlib, unmodified: `OAuth2Session.refresh_token`, `revoke_token` and
@@ -13,7 +16,7 @@ import { API_KEY, build, decodeJwt, freePort, startRedis, type Pair, type Test }
  * Without them this file fails (it never skips): CI installs them (see .ci/run).
  */
 const PYTHON = process.env['AUTHLIB_PYTHON'] ?? '/usr/bin/python3'
-const SCRIPT = fileURLToPath(new URL('./fixtures/authlib/client.py', import.meta.url))
+const SCRIPT = fileURLToPath(new URL('../fixtures/authlib/client.py', import.meta.url))
 const APT = 'apt-get install -y python3-authlib python3-requests'
 
 const GATEWAY = 'gateway'
