@@ -4,7 +4,8 @@ import type { FastifyRequest } from 'fastify'
 import {
   AuthorizationServerMetadataSchema, OAuthIntrospectionSchema, OAuthTokenBodySchema, OAuthTokenParamsSchema, OAuthTokenResponseSchema, oauthErrorResponses
 } from '../../schemas/oauth.js'
-import { AppError, BODY_LIMIT, OAuthOnlyError, oauthErrorHandler } from '../../plugins/errors.js'
+import { AppError, BODY_LIMIT, OAuthOnlyError, oauthErrorHandler, TokenRejectedError } from '../../plugins/errors.js'
+import type { VerifiedToken } from '../../plugins/keyring.js'
 import { contextOf } from '../context.js'
 import { introspect, revoke, type Introspection } from '../revocation.js'
 import { refreshFor } from './refreshing.js'
@@ -66,6 +67,16 @@ async function refuseUnknownClient (request: FastifyRequest): Promise<void> {
 }
 
 /**
+ * RFC 6749 §6: a client that authenticates refreshes only the tokens issued to it (a token that
+ * does not verify is refused by the refresh itself, as for anyone).
+ */
+function requireIssuedTo (verified: VerifiedToken | TokenRejectedError, client: string): void {
+  if (!(verified instanceof TokenRejectedError) && verified.payload['client_id'] !== client) {
+    throw new TokenRejectedError('token_invalid', 'this refresh token was issued to another client')
+  }
+}
+
+/**
  * The standard wire beside `/v1`, for clients teams already have (gateways' introspection
  * plugins, openid-client, authlib): RFC 6749 §6's refresh grant, RFC 7009 revocation, RFC 7662
  * introspection, with form bodies and RFC 6749's error shape; the same rotation, store and
@@ -90,6 +101,7 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
     const { grant_type: grantType, refresh_token: presented } = request.body
     if (grantType !== 'refresh_token') throw new OAuthOnlyError('unsupported_grant_type', 'invalid_request', 'grant_type must be refresh_token')
     if (presented === undefined) throw new AppError('invalid_request', 'refresh_token is required')
+    if (request.client !== null) requireIssuedTo(app.keyring.check(presented, 'refresh'), request.client)
     const { pair } = await refreshFor(request, presented)
     reply.header('pragma', 'no-cache')
     return pair
@@ -123,20 +135,30 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
   }, async (request) => introspectionResponse(await introspect(contextOf(request), request.body.token)))
 }
 
+const METADATA_PATH = '/.well-known/oauth-authorization-server'
+
 const oauthRoutes: FastifyPluginAsyncTypebox = async function oauthRoutes (app) {
-  const issuer = issuerUrl(app.config.jwtIssuer) === null ? null : app.config.jwtIssuer
-  app.get('/.well-known/oauth-authorization-server', {
-    config: { rateLimit: false },
-    schema: {
-      summary: 'RFC 8414 metadata; 404 unless JWT_ISSUER is an http(s) URL',
-      tags: ['oauth'],
-      response: { 200: AuthorizationServerMetadataSchema }
-    }
-  }, async (_request, reply) => {
-    if (issuer === null) throw new AppError('not_found', 'no OAuth metadata: JWT_ISSUER is not an http(s) URL')
-    reply.header('cache-control', 'public, max-age=3600')
-    return authorizationServerMetadata(issuer)
-  })
+  const url = issuerUrl(app.config.jwtIssuer)
+  const issuer = url === null ? null : app.config.jwtIssuer
+  // RFC 8414 §3.1 puts the document of an issuer with a path (https://example.com/auth) at
+  // /.well-known/oauth-authorization-server/auth, the path after the well-known part: served
+  // too, for the proxy that routes it here. The plain path serves a proxy that strips /auth.
+  // (A path the router would read as parameters, with `:` or `*`, is left to the plain path.)
+  const issuerPath = url === null || !/^[\w.~/-]*$/.test(url.pathname) ? '' : url.pathname.replace(/\/+$/, '')
+  for (const path of issuerPath === '' ? [METADATA_PATH] : [METADATA_PATH, `${METADATA_PATH}${issuerPath}`]) {
+    app.get(path, {
+      config: { rateLimit: false },
+      schema: {
+        summary: 'RFC 8414 metadata; 404 unless JWT_ISSUER is an http(s) URL',
+        tags: ['oauth'],
+        response: { 200: AuthorizationServerMetadataSchema }
+      }
+    }, async (_request, reply) => {
+      if (issuer === null) throw new AppError('not_found', 'no OAuth metadata: JWT_ISSUER is not an http(s) URL')
+      reply.header('cache-control', 'public, max-age=3600')
+      return authorizationServerMetadata(issuer)
+    })
+  }
   await app.register(oauthEndpoints)
 }
 

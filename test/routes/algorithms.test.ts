@@ -75,9 +75,12 @@ test('JWT_ACTIVE_KID signs; every key in the file still verifies', async (t) => 
   const dir = t.testdir()
   const old = privateJwk(generators['EdDSA']?.() as KeyObject, 'old')
   const fresh = privateJwk(generators['EdDSA']?.() as KeyObject, 'new')
-  const before = await build(t, { JWT_KEYS_FILE: keysFile(dir, [old]) })
+  // One deployment before and after the rotation: one store. (Under another prefix the second app
+  // would find no store marker, take the store for lost, and refuse tokens minted in an earlier second.)
+  const store = { REDIS_KEY_PREFIX: `rotor-test:${randomBytes(6).toString('hex')}:` }
+  const before = await build(t, { ...store, JWT_KEYS_FILE: keysFile(dir, [old]) })
   const pairBefore = await issue(before)
-  const after = await build(t, { JWT_KEYS_FILE: keysFile(dir, [old, fresh]), JWT_ACTIVE_KID: 'new' })
+  const after = await build(t, { ...store, JWT_KEYS_FILE: keysFile(dir, [old, fresh]), JWT_ACTIVE_KID: 'new' })
   const pairAfter = await issue(after)
   t.equal(decodeJwt(pairAfter.access_token).header['kid'], 'new')
   t.not(decodeJwt(pairAfter.refresh_token).header['kid'], decodeJwt(pairBefore.refresh_token).header['kid'], 'the refresh key rotates with the signing key')

@@ -49,11 +49,16 @@ test('discovery (RFC 8414): every URL built from the issuer, for an issuer URL o
     introspection_endpoint_auth_methods_supported: ['client_secret_basic']
   })
   t.match(response.headers['cache-control'], /max-age=/)
+  const inserted = await app.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server/rotor' })
+  t.strictSame(inserted.json(), response.json(), 'also where RFC 8414 §3.1 puts it for an issuer with a path')
 
   const slash = await build(t, { JWT_ISSUER: 'http://localhost:8080/' })
   const metadata = (await slash.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server' })).json<Record<string, string>>()
   t.equal(metadata['issuer'], 'http://localhost:8080/', 'the issuer exactly as configured')
   t.equal(metadata['token_endpoint'], 'http://localhost:8080/oauth2/token', 'no double slash')
+
+  const odd = await build(t, { JWT_ISSUER: 'https://auth.example/a:b*' })
+  t.equal((await odd.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server' })).statusCode, 200, 'an issuer path the router cannot take: the plain path only')
 
   for (const issuer of ['rotor', 'urn:rotor', 'https://auth.example/?tenant=a', 'https://auth.example/#x']) {
     const other = await build(t, { JWT_ISSUER: issuer })
@@ -124,8 +129,13 @@ test('a client that authenticates on the token endpoint must be a known key; its
   const app = await build(t, NAMED)
   const refused = await grant(app, (await issue(app)).refresh_token, { authorization: basic('gateway', 'wrong-secret-0123456789') })
   t.equal(refused.headers['www-authenticate'], 'Basic realm="rotor"')
-  const accepted = await grant(app, (await issue(app)).refresh_token, { authorization: basic('gateway', GATEWAY_SECRET) })
-  t.equal(accepted.statusCode, 200, 'a gateway refreshing with its key')
+  const own = (await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: basic('gateway', GATEWAY_SECRET) }, payload: { sub: 'alice' } })).json<Pair>()
+  const accepted = await grant(app, own.refresh_token, { authorization: basic('gateway', GATEWAY_SECRET) })
+  t.equal(accepted.statusCode, 200, 'a gateway refreshing a token it issued, with its key')
+  const foreign = await issue(app)
+  const refused2 = await grant(app, foreign.refresh_token, { authorization: basic('gateway', GATEWAY_SECRET) })
+  oauthError(t, refused2, 400, 'invalid_grant', 'a token issued to another client (RFC 6749 §6)')
+  t.equal((await grant(app, foreign.refresh_token)).statusCode, 200, 'which its session survives: a public client still refreshes it')
 })
 
 test('with Redis down the refresh grant answers 503 temporarily_unavailable with Retry-After, and the token still works after', async (t) => {
