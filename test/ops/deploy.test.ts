@@ -215,7 +215,10 @@ test('the validation bites: a wrong type and a misspelt field are both caught', 
 test('the pod\'s environment is a valid production configuration, once the example API key is replaced', async (t) => {
   const env = podEnvironment()
   t.match(problems(() => loadConfig(env)), [/^API_KEYS: /], 'the example Secret\'s placeholder API key is refused, and nothing else: it cannot run as it is')
-  const config = loadConfig({ ...env, API_KEYS: 'a-real-key-of-24-characters' })
+  // The settings read the keys file: a real one stands in for the Secret's placeholder (checked below).
+  const keysFile = join(t.testdir(), 'keys.json')
+  generate(keysFile, { algorithm: 'EdDSA', now: new Date() })
+  const config = loadConfig({ ...env, API_KEYS: 'a-real-key-of-24-characters', JWT_KEYS_FILE: keysFile })
   t.equal(config.isProduction, true)
   t.equal(config.host, '0.0.0.0', 'listens where the kubelet and the Service reach it')
   t.equal(config.port, containerPort('http'), 'on the container port')
@@ -229,7 +232,7 @@ test('the pod\'s environment is a valid production configuration, once the examp
 
   const keys = only<ISecret>('Secret', keysMount().secretName)
   const [file = '', text = ''] = Object.entries(secretData(keys))[0] ?? []
-  t.equal(config.jwtKeysFile, `${keysMount().mountPath}/${file}`, 'JWT_KEYS_FILE is the keys Secret\'s file')
+  t.equal(env['JWT_KEYS_FILE'], `${keysMount().mountPath}/${file}`, 'JWT_KEYS_FILE is the keys Secret\'s file')
   t.match(problems(() => parseKeysFile(JSON.parse(text), file, config.jwtAlgorithm)), [/expected a JWKS/], 'the example keys.json is refused too')
 })
 
