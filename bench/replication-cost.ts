@@ -1,7 +1,8 @@
 import type { RunContext } from './context.js'
 import type { LatencySummary } from './load.js'
 import { countKeys, escapeGlob } from './redis.js'
-import { BenchRedis, ReplicatedRedis, until, type ReplicationState } from './replication.js'
+import { until } from '../test/support/wait.js'
+import { BenchRedis, ReplicatedRedis, type ReplicationState } from './replication.js'
 import { fmtInt, fmtMs } from './report.js'
 import { runScenario, scenario, type RedisTarget, type RunScenarioOptions, type ScenarioResult } from './scenarios.js'
 

@@ -30,8 +30,40 @@ export async function deletePrefix (url: string, prefix: string): Promise<void> 
   }
 }
 
-/** A throwaway redis-server of the test's own, for anything that stops, slows or breaks Redis. */
+/**
+ * A throwaway redis-server of the test's (or the bench's) own, for anything that stops, slows or
+ * breaks Redis: on a port of its own, in a folder of its own, stopped by its PID.
+ */
 export class OwnRedis {
+  /** Every server started and not yet stopped, with its folder: what {@link OwnRedis.killAll} stops. */
+  private static readonly live = new Map<ChildProcess, string>()
+
+  /**
+   * SIGKILLs every server still running and removes their folders. Synchronous, so a process's
+   * `exit` listener can call it (the bench does, on every way out).
+   */
+  static killAll (): void {
+    for (const [child, dir] of OwnRedis.live) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      rmSync(dir, { recursive: true, force: true })
+    }
+    OwnRedis.live.clear()
+  }
+
+  /** Starts one on a free port; another port if that one was taken meanwhile (twice more at most). */
+  static async onFreePort (args: string[] = []): Promise<OwnRedis> {
+    for (let attempt = 1; ; attempt++) {
+      const redis = new OwnRedis(await freePort(), args)
+      try {
+        await redis.start()
+        return redis
+      } catch (error) {
+        await redis.stop()
+        if (attempt === 3 || error instanceof NoRedisServerError) throw error
+      }
+    }
+  }
+
   readonly port: number
   private process: ChildProcess | null = null
   private dir: string | null = null
@@ -48,6 +80,11 @@ export class OwnRedis {
     return `redis://127.0.0.1:${this.port}`
   }
 
+  /** The server process's id while it runs (for CPU readings, and to say which one it is). */
+  get pid (): number | undefined {
+    return this.process?.pid
+  }
+
   async start (): Promise<void> {
     // ROTOR_TEST_REDIS_LOGS=<dir>: every server of the tests' own logs there, to read after a failure.
     const logs = process.env['ROTOR_TEST_REDIS_LOGS']
@@ -57,13 +94,24 @@ export class OwnRedis {
     // must never load a dump an earlier server left (`--save ''` stops saving, not loading).
     // Only a server brought down by `crash()` starts again in its folder, with what it wrote there.
     this.dir ??= mkdtempSync(join(tmpdir(), `rotor-redis-${this.port}-`))
-    this.process = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...logging, ...this.args], {
-      stdio: 'ignore', cwd: this.dir
+    const child = spawn('redis-server', [...this.configFile, '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...logging, ...this.args], {
+      stdio: ['ignore', 'pipe', 'pipe'], cwd: this.dir
     })
+    this.process = child
+    OwnRedis.live.set(child, this.dir)
+    // Its output, drained (a full pipe would block it) and kept short: why it did not start, if it does not.
+    let output = ''
+    const keep = (chunk: Buffer): void => { output = (output + chunk.toString()).slice(-2000) }
+    child.stdout.on('data', keep)
+    child.stderr.on('data', keep)
+    let spawnError: Error | null = null
+    child.once('error', (error) => { spawnError = error })
     const client = new Redis(this.url, { lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 0 })
     client.on('error', () => {})
     const deadline = Date.now() + 5000
     while (Date.now() < deadline) {
+      if (spawnError !== null) throw new NoRedisServerError(`cannot run redis-server (${(spawnError as Error).message}): it must be on PATH`)
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`redis-server on port ${this.port} exited at start: ${output.trim().split('\n').slice(-3).join(' | ')}`)
       try {
         await client.connect()
         await client.ping()
@@ -79,7 +127,9 @@ export class OwnRedis {
 
   /** Stops it by PID (SIGKILL: like a crash, nothing flushed). */
   async stop (): Promise<void> {
+    const child = this.process
     await this.crash()
+    if (child !== null) OwnRedis.live.delete(child)
     if (this.dir !== null) rmSync(this.dir, { recursive: true, force: true })
     this.dir = null
   }
@@ -90,7 +140,8 @@ export class OwnRedis {
    */
   async crash (): Promise<void> {
     const child = this.process
-    if (child === null || child.exitCode !== null) return
+    // Never spawned (no redis-server on PATH), or gone already: nothing to wait for.
+    if (child === null || child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return
     const exited = new Promise((resolve) => child.once('exit', resolve))
     child.kill('SIGKILL')
     await exited
@@ -102,9 +153,11 @@ export class OwnRedis {
   resume (): void { this.process?.kill('SIGCONT') }
 }
 
+/** redis-server is not on PATH: no other port will help. */
+class NoRedisServerError extends Error {}
+
 export async function startRedis (t: Test, args: string[] = []): Promise<OwnRedis> {
-  const redis = new OwnRedis(await freePort(), args)
-  await redis.start()
+  const redis = await OwnRedis.onFreePort(args)
   t.teardown(async () => {
     redis.resume()
     await redis.stop()
