@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto'
+import { mkdirSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import type { Redis } from 'ioredis'
 import type { Options } from './options.js'
 import { randomSecret } from './tokens.js'
@@ -39,4 +41,11 @@ export class RunContext {
   say (message: string): void {
     process.stdout.write(`${message}\n`)
   }
+}
+
+/** bench/results/ (git-ignored, created on first use): each run's JSON, and --profile's CPU profiles. */
+export function resultsDir (): string {
+  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
+  mkdirSync(dir, { recursive: true })
+  return dir
 }

@@ -1,7 +1,7 @@
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem } from 'node:os'
-import { fileURLToPath } from 'node:url'
 import type { Redis } from 'ioredis'
+import { resultsDir } from './context.js'
 import { unhealthy } from './load.js'
 import { redisVersion, type FillResult } from './redis.js'
 import { fmtInt, latencyCells, shortCount, table } from './report.js'
@@ -51,13 +51,6 @@ export function denylistTable (denylist: DenylistRow[]): string {
   return table(['denylist records', 'bytes/record (used_memory)', 'bytes/record (MEMORY USAGE)', 'refresh req/s', '× empty denylist'],
     denylist.map((d) => [shortCount(d.entries), d.fill === null ? '' : d.fill.bytesPerEntryUsedMemory.toFixed(1), d.fill === null ? '' : d.fill.bytesPerEntryMemoryUsage.toFixed(1),
       d.rps === null ? 'FAILED' : fmtInt(d.rps), d.ratioToRefresh === null ? '' : d.ratioToRefresh.toFixed(3)]))
-}
-
-/** bench/results/ (git-ignored, created on first use): each run's JSON, and --profile's CPU profiles. */
-export function resultsDir (): string {
-  const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url))
-  mkdirSync(dir, { recursive: true })
-  return dir
 }
 
 export function writeResults (startedAt: Date, data: unknown): string {

@@ -1,12 +1,11 @@
 import type { Redis } from 'ioredis'
 import { ServerProcess } from './child.js'
-import type { RunContext } from './context.js'
+import { resultsDir, type RunContext } from './context.js'
 import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
 import { runLoad, unhealthy, type LoadResult } from './load.js'
 import type { ScenarioName } from './options.js'
 import { countKeys, deletePrefix, escapeGlob, fillDenylist, type FillResult } from './redis.js'
 import { fmtInt, fmtMiB, fmtMs } from './report.js'
-import { resultsDir } from './results.js'
 import { Minter, writeEd25519KeysFile } from './tokens.js'
 
 /**

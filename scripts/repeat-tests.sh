@@ -22,6 +22,7 @@ files=("$@")
   test/plugins/rate-limit.test.ts test/plugins/key-rotation.test.ts
   test/ops/management.test.ts test/ops/operations.test.ts test/ops/keys-cli.test.ts
   test/interop/django.test.ts test/interop/verifier-example.test.ts test/interop/browser.test.ts
+  test/interop/openid-client.test.ts test/interop/authlib.test.ts
   test/client/client.test.ts test/client/client-browser.test.ts test/client/client-package.test.ts
   test/issues/11-sentinel-split-brain.test.ts test/issues/12-answer-lost.test.ts
   test/issues/12-redis-out-of-memory.test.ts test/issues/12-silent-connection.test.ts

@@ -1,11 +1,9 @@
 import { test } from 'tap'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import type { FastifyInstance } from 'fastify'
-import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
-import { freePort } from '../support/net.js'
+import { decodeJwt } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
-import type { Test } from '../support/tap.js'
+import { ACCESS_TOKEN_TTL, GATEWAY, GATEWAY_SECRET, issueOverSocket, startRotor } from '../support/oauth.js'
 
 /**
  * Python's Authlib, unmodified: `OAuth2Session.refresh_token`, `revoke_token` and
@@ -18,10 +16,6 @@ import type { Test } from '../support/tap.js'
 const PYTHON = process.env['AUTHLIB_PYTHON'] ?? '/usr/bin/python3'
 const SCRIPT = fileURLToPath(new URL('../fixtures/authlib/client.py', import.meta.url))
 const APT = 'apt-get install -y python3-authlib python3-requests'
-
-const GATEWAY = 'gateway'
-const GATEWAY_SECRET = 'gateway-secret-0123456789'
-const ACCESS_TOKEN_TTL = 600
 
 /** One line the script printed: a step, whether the client call returned, and what it gave or raised. */
 interface Step {
@@ -74,36 +68,6 @@ async function authlib (scenario: string, issuer: string, env: Record<string, st
   return { code, stderr, steps, step }
 }
 
-interface Rotor { app: FastifyInstance, issuer: string }
-
-/** Rotor with JWT_ISSUER its own base URL (the port is picked first); another app on another port if it was taken meanwhile. */
-async function startRotor (t: Test, env: Record<string, string> = {}): Promise<Rotor> {
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort()
-    const issuer = `http://127.0.0.1:${port}`
-    const app = await build(t, {
-      JWT_ISSUER: issuer, API_KEYS: `${API_KEY},${GATEWAY}:${GATEWAY_SECRET}`, ACCESS_TOKEN_TTL: `${ACCESS_TOKEN_TTL}s`, ...env
-    })
-    try {
-      await app.listen({ port, host: '127.0.0.1' })
-      return { app, issuer }
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt === 3) throw error
-    }
-  }
-}
-
-/** A session, issued as a backend does: `POST /v1/tokens` over the socket, the gateway's key as HTTP Basic. */
-async function issue (rotor: Rotor, sub = 'alice'): Promise<Pair> {
-  const response = await fetch(`${rotor.issuer}/v1/tokens`, {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${GATEWAY}:${GATEWAY_SECRET}`).toString('base64')}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ sub })
-  })
-  if (response.status !== 200) throw new Error(`issue failed: ${response.status} ${await response.text()}`)
-  return await response.json() as Pair
-}
-
 const sid = (token: unknown): unknown => decodeJwt(String(token)).payload['sid']
 
 test('Authlib and requests are installed under Debian\'s Python', async (t) => {
@@ -139,7 +103,7 @@ test('the script reads the endpoints from Rotor\'s RFC 8414 document; Authlib\'s
 
 test('Authlib\'s OAuth2Session.refresh_token rotates: a new refresh token of the same session', async (t) => {
   const rotor = await startRotor(t)
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   const run = await authlib('rotate', rotor.issuer, { ROTOR_REFRESH_TOKEN: pair.refresh_token })
   t.equal(run.code, 0, run.stderr)
   const first = run.step('refresh')
@@ -160,7 +124,7 @@ test('Authlib\'s OAuth2Session.refresh_token rotates: a new refresh token of the
 
 test('Authlib\'s introspect_token, authenticated by HTTP Basic as the backend: active, then inactive once revoke_token ended the session', async (t) => {
   const rotor = await startRotor(t)
-  const pair = await issue(rotor, 'bob')
+  const pair = await issueOverSocket(rotor, 'bob')
   const run = await authlib('introspect', rotor.issuer, { ROTOR_REFRESH_TOKEN: pair.refresh_token, ROTOR_ACCESS_TOKEN: pair.access_token })
   t.equal(run.code, 0, run.stderr)
   t.match(run.step('access token'), { status: 200, body: { active: true, sub: 'bob', token_type: 'Bearer', iss: rotor.issuer, sid: sid(pair.access_token) } })
@@ -173,7 +137,7 @@ test('Authlib\'s introspect_token, authenticated by HTTP Basic as the backend: a
 
 test('Authlib\'s revoke_token (a public client) ends the session: the next refresh_token raises OAuthError invalid_grant', async (t) => {
   const rotor = await startRotor(t)
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   const run = await authlib('revoke', rotor.issuer, { ROTOR_REFRESH_TOKEN: pair.refresh_token })
   t.equal(run.code, 0, run.stderr)
   t.equal(run.step('refresh').ok, true, 'a rotation first')
@@ -185,7 +149,7 @@ test('Authlib\'s revoke_token (a public client) ends the session: the next refre
 
 test('a reuse through Authlib is detected and revokes the session (REFRESH_REUSE_GRACE=0)', async (t) => {
   const rotor = await startRotor(t, { REFRESH_REUSE_GRACE: '0' })
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   const run = await authlib('reuse', rotor.issuer, { ROTOR_REFRESH_TOKEN: pair.refresh_token })
   t.equal(run.code, 0, run.stderr)
   const rotated = run.step('A to B')
@@ -199,7 +163,7 @@ test('a reuse through Authlib is detected and revokes the session (REFRESH_REUSE
 test('with Redis down, Authlib raises requests\' HTTPError 503 (not an OAuthError: nothing to sign out for), with Retry-After', async (t) => {
   const redis = await startRedis(t)
   const rotor = await startRotor(t, { REDIS_URL: redis.url })
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   await redis.stop()
   const run = await authlib('outage', rotor.issuer, { ROTOR_REFRESH_TOKEN: pair.refresh_token })
   t.equal(run.code, 0, run.stderr)

@@ -1,10 +1,8 @@
 import { test } from 'tap'
 import * as oidc from 'openid-client'
-import type { FastifyInstance } from 'fastify'
-import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
-import { freePort } from '../support/net.js'
+import { decodeJwt } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
-import type { Test } from '../support/tap.js'
+import { ACCESS_TOKEN_TTL, GATEWAY, GATEWAY_SECRET, issueOverSocket, startRotor, type Rotor } from '../support/oauth.js'
 
 /**
  * panva's openid-client (v6), unmodified, against a Rotor listening on a real socket: RFC 8414
@@ -12,43 +10,6 @@ import type { Test } from '../support/tap.js'
  * is passed: `algorithm: 'oauth2'` (Rotor publishes RFC 8414 metadata, not an OpenID provider's),
  * and `allowInsecureRequests`, as the issuer is plain http on the loopback.
  */
-
-const GATEWAY = 'gateway'
-const GATEWAY_SECRET = 'gateway-secret-0123456789'
-const ACCESS_TOKEN_TTL = 600
-
-interface Rotor { app: FastifyInstance, issuer: string }
-
-/**
- * Rotor with JWT_ISSUER set to its own base URL: the port is picked first, as the metadata is
- * built from the issuer. Another process may take the port in between; then a new app tries another.
- */
-async function startRotor (t: Test, env: Record<string, string> = {}): Promise<Rotor> {
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort()
-    const issuer = `http://127.0.0.1:${port}`
-    const app = await build(t, {
-      JWT_ISSUER: issuer, API_KEYS: `${API_KEY},${GATEWAY}:${GATEWAY_SECRET}`, ACCESS_TOKEN_TTL: `${ACCESS_TOKEN_TTL}s`, ...env
-    })
-    try {
-      await app.listen({ port, host: '127.0.0.1' })
-      return { app, issuer }
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt === 3) throw error
-    }
-  }
-}
-
-/** A session, issued as a backend does: `POST /v1/tokens` over the socket, the gateway's key as HTTP Basic. */
-async function issue (rotor: Rotor, sub = 'alice'): Promise<Pair> {
-  const response = await fetch(`${rotor.issuer}/v1/tokens`, {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${GATEWAY}:${GATEWAY_SECRET}`).toString('base64')}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ sub })
-  })
-  if (response.status !== 200) throw new Error(`issue failed: ${response.status} ${await response.text()}`)
-  return await response.json() as Pair
-}
 
 const options = { algorithm: 'oauth2' as const, execute: [oidc.allowInsecureRequests] }
 
@@ -99,7 +60,7 @@ test('openid-client discovers Rotor\'s RFC 8414 metadata and checks its issuer',
 test('openid-client\'s refresh grant rotates: a new refresh token of the same session, and a sane expires_in', async (t) => {
   const rotor = await startRotor(t)
   const config = await publicClient(rotor)
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
 
   const first = await oidc.refreshTokenGrant(config, pair.refresh_token)
   t.equal(first.token_type, 'bearer', 'Bearer (openid-client lower-cases it)')
@@ -121,7 +82,7 @@ test('openid-client\'s refresh grant rotates: a new refresh token of the same se
 test('openid-client introspects as a confidential client (key name and secret by HTTP Basic); inactive after revocation', async (t) => {
   const rotor = await startRotor(t)
   const gateway = await gatewayClient(rotor)
-  const pair = await issue(rotor, 'bob')
+  const pair = await issueOverSocket(rotor, 'bob')
 
   const access = await oidc.tokenIntrospection(gateway, pair.access_token)
   t.match(access, { active: true, sub: 'bob', token_type: 'Bearer', iss: rotor.issuer, sid: sid(pair.access_token) }, 'an access token')
@@ -147,7 +108,7 @@ test('openid-client\'s revocation ends the session, for a public client and for 
   const gateway = await gatewayClient(rotor)
 
   for (const [label, config] of [['a public client', spa], ['the backend, by HTTP Basic', gateway]] as const) {
-    const pair = await issue(rotor)
+    const pair = await issueOverSocket(rotor)
     const current = (await oidc.refreshTokenGrant(spa, pair.refresh_token)).refresh_token ?? ''
     await oidc.tokenRevocation(config, current)
     t.match(await refusal(oidc.refreshTokenGrant(spa, current)), { status: 400, error: 'invalid_grant' }, `${label}: the current refresh token is refused`)
@@ -163,7 +124,7 @@ test('a reuse through openid-client is detected and revokes the session (REFRESH
   const rotor = await startRotor(t, { REFRESH_REUSE_GRACE: '0' })
   const spa = await publicClient(rotor)
   const gateway = await gatewayClient(rotor)
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   const a = pair.refresh_token
   const rotated = await oidc.refreshTokenGrant(spa, a)
   const b = rotated.refresh_token ?? ''
@@ -179,7 +140,7 @@ test('with Redis down, openid-client reports the 503 as an unexpected status; th
   const redis = await startRedis(t)
   const rotor = await startRotor(t, { REDIS_URL: redis.url })
   const spa = await publicClient(rotor)
-  const pair = await issue(rotor)
+  const pair = await issueOverSocket(rotor)
   await redis.stop()
   const thrown: unknown = await oidc.refreshTokenGrant(spa, pair.refresh_token).then(() => null, (error: unknown) => error)
   // openid-client (oauth4webapi's parseOAuthResponseErrorBody) reads an RFC 6749 error body only
