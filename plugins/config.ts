@@ -58,6 +58,8 @@ export interface Config {
   /** `rfc9068`: access tokens carry `client_id` and `aud` (RFC 9068's JWT profile); null: Rotor's own, SimpleJWT-compatible. */
   accessTokenProfile: 'rfc9068' | null
   apiKeys: ApiKey[]
+  /** API_KEYS_FILE: where `apiKeys` were read from, read again on change and on SIGHUP; null: API_KEYS. */
+  apiKeysFile: string | null
   /** Set when no API_KEYS were given outside production: the one key generated at start. */
   generatedApiKey: string | null
   corsOrigins: string[]

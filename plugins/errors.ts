@@ -10,6 +10,7 @@ import { scrubTokens } from './logging.js'
 export const ERROR_CODES = {
   invalid_request: 400,
   invalid_client: 401,
+  insufficient_scope: 403,
   token_invalid: 401,
   token_expired: 401,
   token_revoked: 401,
@@ -155,7 +156,7 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
  * whole scope (`app.setErrorHandler(oauthErrorHandler)`), never per call site.
  */
 export type OAuthErrorCode = 'invalid_request' | 'invalid_client' | 'invalid_grant' | 'unsupported_grant_type' |
-  'unsupported_token_type' | 'temporarily_unavailable' | 'server_error'
+  'unsupported_token_type' | 'insufficient_scope' | 'temporarily_unavailable' | 'server_error'
 
 /** An error that only the OAuth wire has a word for; elsewhere (metrics, logs) it counts as `code`. */
 export class OAuthOnlyError extends AppError {
@@ -171,6 +172,8 @@ export class OAuthOnlyError extends AppError {
 const OAUTH_CODES: Record<ErrorCode, OAuthErrorCode> = {
   invalid_request: 'invalid_request',
   invalid_client: 'invalid_client',
+  // RFC 6750 §3.1's word for it, as RFC 7662 §2.3 has protected resources use.
+  insufficient_scope: 'insufficient_scope',
   token_invalid: 'invalid_grant',
   token_expired: 'invalid_grant',
   token_revoked: 'invalid_grant',

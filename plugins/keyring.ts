@@ -1,7 +1,7 @@
 import { createHash, createHmac } from 'node:crypto'
-import { unwatchFile, watchFile } from 'node:fs'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
+import { watchSettled } from './watch.js'
 import { pino } from 'pino'
 import { createVerifier, TokenError } from 'fast-jwt'
 import type { Config } from './config.js'
@@ -245,10 +245,6 @@ declare module 'fastify' {
   }
 }
 
-/** How often the keys file is polled, and how long it must stay still before it is read. */
-const WATCH_INTERVAL_MS = 1000
-const WATCH_SETTLE_MS = 250
-
 export default fp(async function keyringPlugin (app, opts: { config: Config }) {
   const { config } = opts
   const keysFile = config.jwtKeysFile
@@ -267,16 +263,6 @@ export default fp(async function keyringPlugin (app, opts: { config: Config }) {
     }
     return
   }
-  // Polling the path (stat) rather than fs.watch: it sees an atomic rename, a symlink swapped by
-  // a Kubernetes secret update, and a bind mount where inotify events do not cross.
-  let settling: NodeJS.Timeout | undefined
-  const onChange = (): void => {
-    clearTimeout(settling)
-    settling = setTimeout(() => keyring.reload('file'), WATCH_SETTLE_MS)
-  }
-  watchFile(keysFile, { interval: WATCH_INTERVAL_MS, persistent: false }, onChange)
-  app.addHook('onClose', async () => {
-    unwatchFile(keysFile, onChange)
-    clearTimeout(settling)
-  })
+  const stopWatching = watchSettled(keysFile, () => keyring.reload('file'))
+  app.addHook('onClose', async () => { stopWatching() })
 }, { name: 'keyring', fastify: '5.x' })

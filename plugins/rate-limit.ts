@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import rateLimit, { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyRequest, onRequestHookHandler, preParsingHookHandler } from 'fastify'
+import type { Scope } from './config.js'
 import { AppError } from './errors.js'
 
 /**
@@ -25,10 +26,11 @@ declare module 'fastify' {
   interface FastifyInstance {
     /**
      * What a backend route spreads into its options, fresh for each route: the API-key budget,
-     * who is calling (onRequest, before the limit), then 401 unless someone is (preParsing: after
-     * every onRequest hook, so a wrong key is counted before it is refused; before the body is read).
+     * who is calling (onRequest, before the limit), then 401 unless someone is and 403 unless
+     * their key has `scope` (preParsing: after every onRequest hook, so a wrong key is counted
+     * before it is refused; before the body is read).
      */
-    backendRoute: () => { config: { budget: 'api-key' }, onRequest: onRequestHookHandler[], preParsing: preParsingHookHandler[] }
+    backendRoute: (scope: Scope) => { config: { budget: 'api-key' }, onRequest: onRequestHookHandler[], preParsing: preParsingHookHandler[] }
   }
 }
 
@@ -47,7 +49,7 @@ function budgetKey (request: FastifyRequest): string {
   // IPv4-mapped IPv6 addresses (::ffff:1.2.3.4, as Node reports clients when listening on ::)
   // count as the IPv4 address; other IPv6 clients are counted per /64, the block one host owns.
   if (request.routeOptions.config.budget !== 'api-key') return `ip:${normalizeIP(request.ip)}`
-  return request.client === null ? `anon:${normalizeIP(request.ip)}` : `key:${request.client}`
+  return request.client === null ? `anon:${normalizeIP(request.ip)}` : `key:${request.client.name}`
 }
 
 /**
@@ -74,9 +76,9 @@ export default fp(async function rateLimitPlugin (app, opts: RateLimitOptions) {
     errorResponseBuilder: (_request, context) =>
       new AppError('rate_limited', `rate limit exceeded, retry in ${context.after}`)
   })
-  app.decorate('backendRoute', () => ({
+  app.decorate('backendRoute', (scope: Scope) => ({
     config: { budget: 'api-key' as const },
     onRequest: [app.identifyClient],
-    preParsing: [app.requireClient]
+    preParsing: [app.requireClient, app.requireScope(scope)]
   }))
 }, { name: 'rate-limit', dependencies: ['api-keys', 'redis'], fastify: '5.x' })

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
-import { ALGORITHMS, SCOPES, type ApiKey, type Config, type HostPort, type RedisSetting, type Scope } from '../plugins/config.js'
-import { nameOfSecret } from '../plugins/api-keys.js'
+import { ALGORITHMS, SCOPES, type ApiKey, type Config, type HostPort, type RedisSetting } from '../plugins/config.js'
+import { nameOfSecret, parseApiKeys, readApiKeysFile } from '../plugins/api-keys.js'
 import { ConfigError } from '../plugins/errors.js'
 import { loadKeyMaterial } from '../plugins/key-material.js'
 
@@ -127,32 +127,12 @@ function hostPorts (env: string): Setting<HostPort[]> {
   }
 }
 
-/** A key's name: what may stand in a log line, a Redis key, an HTTP Basic user id and a form field as is. */
-const KEY_NAME = /^[A-Za-z0-9._~-]{1,64}$/
-
-/**
- * API keys: `secret`, `name:secret` or `name:secret:scope+scope`. No problem ever repeats a secret
- * (or a part of an entry that could be one): entries are named by their place in the list.
- */
+/** API keys: `secret`, `name:secret` or `name:secret:scope+scope` (see parseApiKeys). */
 function apiKeys (env: string): Setting<ApiKey[]> {
   return {
     env,
     parse: (raw) => {
-      const faults: string[] = []
-      const keys = (list(env).parse(raw) as string[]).map((entry, index): ApiKey => {
-        const parts = entry.split(':')
-        const [name, secret = '', scopes] = parts.length === 1 ? [null, entry] : parts
-        const fault = (what: string): void => { faults.push(`${env}: entry #${index + 1}: ${what}`) }
-        if (parts.length > 3) fault('expected secret, name:secret or name:secret:scope+scope (a secret may not hold ":")')
-        if (name !== null && !KEY_NAME.test(name)) fault('a name is 1 to 64 letters, digits, ".", "_", "~" or "-"')
-        if (secret.length < 16) fault('a key must be at least 16 characters')
-        const asked = scopes?.split('+') ?? [...SCOPES]
-        if (asked.some((scope) => !(SCOPES as readonly string[]).includes(scope))) fault(`scopes are ${SCOPES.join(', ')}, joined by "+"`)
-        return { name: name ?? nameOfSecret(secret), secret, scopes: asked as Scope[] }
-      })
-      const names = keys.map((key) => key.name)
-      const twice = names.find((name, index) => names.indexOf(name) !== index)
-      if (twice !== undefined) faults.push(`${env}: two entries are named ${twice} (or the same key is given twice)`)
+      const { keys, faults } = parseApiKeys(list(env).parse(raw) as string[], env)
       return faults.length === 0 ? keys : new Problem(faults, keys)
     }
   }
@@ -202,6 +182,7 @@ const SCHEMA = {
   jwtAudience: list('JWT_AUDIENCE'),
   accessTokenProfile: optional(oneOf('ACCESS_TOKEN_PROFILE', ['rfc9068'] as const, 'rfc9068')),
   apiKeys: apiKeys('API_KEYS'),
+  apiKeysFile: text('API_KEYS_FILE'),
   corsOrigins: list('CORS_ORIGINS', {
     fallback: 'http://localhost:3000',
     fault: (origin) => /^https?:\/\/[^/\s]+$/.test(origin) ? null : `"${origin}" is not an exact origin like http://localhost:3000`
@@ -261,9 +242,10 @@ function crossCheck (s: Settings, redis: RedisSetting, problems: string[]): void
   }
   if (s.nodeEnv === 'production') {
     if (s.jwtKeysFile === null && s.jwtSecret === null) problems.push('NODE_ENV=production needs JWT_KEYS_FILE (or JWT_SECRET for HS256): generated keys would change at every restart')
-    if (s.apiKeys.length === 0) problems.push('NODE_ENV=production needs API_KEYS')
+    if (s.apiKeys.length === 0 && s.apiKeysFile === null) problems.push('NODE_ENV=production needs API_KEYS (or API_KEYS_FILE)')
     if (s.denylistEnabled && redis.kind === 'memory') problems.push('NODE_ENV=production with DENYLIST_ENABLED=true needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS: an in-process denylist is lost on restart and not shared')
   }
+  if (s.apiKeys.length > 0 && s.apiKeysFile !== null) problems.push('API_KEYS and API_KEYS_FILE: set one, not both')
   if (s.accessTokenProfile === 'rfc9068' && s.jwtAudience.length === 0) {
     problems.push('ACCESS_TOKEN_PROFILE=rfc9068 needs JWT_AUDIENCE: an RFC 9068 access token always names its audience')
   }
@@ -276,8 +258,20 @@ function crossCheck (s: Settings, redis: RedisSetting, problems: string[]): void
   if (s.workers > 1) {
     // Each worker is a process of its own: whatever one would generate or keep in memory, the others would not share.
     if (s.jwtKeysFile === null && s.jwtSecret === null) problems.push('WORKERS > 1 needs JWT_KEYS_FILE (or JWT_SECRET): each worker would generate keys of its own')
-    if (s.apiKeys.length === 0) problems.push('WORKERS > 1 needs API_KEYS: each worker would generate a key of its own')
+    if (s.apiKeys.length === 0 && s.apiKeysFile === null) problems.push('WORKERS > 1 needs API_KEYS (or API_KEYS_FILE): each worker would generate a key of its own')
     if (redis.kind === 'memory') problems.push('WORKERS > 1 needs REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS: an in-process denylist and rate limit are not shared between workers')
+  }
+}
+
+/** The problems a file reader found (it throws nothing but ConfigError; anything else is a bug). */
+function faultsOf (read: () => void): string[] {
+  try {
+    read()
+    return []
+  } catch (error) {
+    /* c8 ignore next: as said */
+    if (!(error instanceof ConfigError)) throw error
+    return error.problems
   }
 }
 
@@ -304,14 +298,10 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     trustProxy: trustProxy.length > 0 ? trustProxy : null,
     generatedApiKey: null
   }
-  if (problems.length === 0 && config.jwtKeysFile !== null) {
-    try {
-      loadKeyMaterial(config)
-    } catch (error) {
-      /* c8 ignore next: the key material throws nothing but ConfigError; anything else is a bug */
-      if (!(error instanceof ConfigError)) throw error
-      problems.push(...error.problems)
-    }
+  // The files, once every setting is right: read and checked now, so a bad one stops the start.
+  if (problems.length === 0) {
+    problems.push(...faultsOf(() => { if (config.jwtKeysFile !== null) loadKeyMaterial(config) }))
+    problems.push(...faultsOf(() => { if (config.apiKeysFile !== null) config.apiKeys = readApiKeysFile(config.apiKeysFile) }))
   }
   if (problems.length > 0) throw new ConfigError(problems)
 

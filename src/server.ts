@@ -29,9 +29,12 @@ async function serve (config: Config): Promise<void> {
     process.stderr.write(`\nrotor: no API_KEYS set; generated one for this run only:\n\n    ${config.generatedApiKey}\n\n`)
   }
 
-  // SIGHUP: read JWT_KEYS_FILE again (a change to the file is seen without it too); a bad file
-  // keeps the current keys. close-with-grace would shut down on SIGHUP, hence the skip.
-  process.on('SIGHUP', () => { app.keyring.reload('signal') })
+  // SIGHUP: read JWT_KEYS_FILE and API_KEYS_FILE again (a change to a file is seen without it
+  // too); a bad file keeps the current keys. close-with-grace would shut down on SIGHUP, hence the skip.
+  process.on('SIGHUP', () => {
+    app.keyring.reload('signal')
+    app.apiKeys.reload('signal')
+  })
 
   if (cluster.isWorker) {
     // The primary decides when workers stop (it sends SIGTERM); a terminal's Ctrl-C reaches every

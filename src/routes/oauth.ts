@@ -101,7 +101,7 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
     const { grant_type: grantType, refresh_token: presented } = request.body
     if (grantType !== 'refresh_token') throw new OAuthOnlyError('unsupported_grant_type', 'invalid_request', 'grant_type must be refresh_token')
     if (presented === undefined) throw new AppError('invalid_request', 'refresh_token is required')
-    if (request.client !== null) requireIssuedTo(app.keyring.check(presented, 'refresh'), request.client)
+    if (request.client !== null) requireIssuedTo(app.keyring.check(presented, 'refresh'), request.client.name)
     const { pair } = await refreshFor(request, presented)
     reply.header('pragma', 'no-cache')
     return pair
@@ -123,14 +123,14 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
   })
 
   app.post('/oauth2/introspect', {
-    ...app.backendRoute(),
+    ...app.backendRoute('introspect'),
     schema: {
       summary: 'RFC 7662: introspect a token; the calling backend authenticates with HTTP Basic (key name:secret) or a bearer API key',
       tags: ['oauth'],
       security: [{ basic: [] }, { apiKey: [] }],
       consumes: ['application/x-www-form-urlencoded'],
       body: OAuthTokenParamsSchema,
-      response: { 200: OAuthIntrospectionSchema, ...oauthErrorResponses(400, 401, 413, 415, 429, 503) }
+      response: { 200: OAuthIntrospectionSchema, ...oauthErrorResponses(400, 401, 403, 413, 415, 429, 503) }
     }
   }, async (request) => introspectionResponse(await introspect(contextOf(request), request.body.token)))
 }

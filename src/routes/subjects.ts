@@ -7,14 +7,14 @@ import { revokeSubject } from '../revocation.js'
 
 const subjectRoutes: FastifyPluginAsyncTypebox = async function subjectRoutes (app) {
   app.post('/v1/subjects/:sub/revoke', {
-    ...app.backendRoute(),
+    ...app.backendRoute('revoke'),
     schema: {
       summary: 'Log a subject out everywhere: every session issued up to now stops refreshing',
       tags: ['subjects'],
       security: [{ apiKey: [] }],
       params: SubjectParamsSchema,
       // No body schema: "none, or {}" is not one JSON Schema (a missing body is not a JSON value).
-      response: { 200: EmptySchema, ...errorResponses(400, 401, 413, 415, 429, 501, 503) }
+      response: { 200: EmptySchema, ...errorResponses(400, 401, 403, 413, 415, 429, 501, 503) }
     },
     preValidation: async (request) => {
       // No body (or a JSON null) is fine; a JSON body must be exactly {}.

@@ -22,13 +22,13 @@ function audienceOf (config: Config, asked: string | string[] | undefined): stri
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) {
   app.post('/v1/tokens', {
-    ...app.backendRoute(),
+    ...app.backendRoute('issue'),
     schema: {
       summary: 'Issue a pair for a subject the calling backend has authenticated',
       tags: ['tokens'],
       security: [{ apiKey: [] }],
       body: IssueBodySchema,
-      response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429) }
+      response: { 200: TokenPairSchema, ...errorResponses(400, 401, 403, 413, 415, 429) }
     }
   }, async (request) => {
     const { sub, claims = {}, aud } = request.body
@@ -40,7 +40,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const issuedUs = clockUs()
     const nowSec = Math.floor(issuedUs / 1_000_000)
     // backendRoute() let no request without a client through.
-    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs, request.client!)
+    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs, request.client!.name)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
     // Every rotation mints tokens of the same length (same claims, same-width numbers): what
@@ -50,7 +50,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       throw new AppError('invalid_request', `claims make a token of ${longest} characters; Rotor accepts tokens of at most ${MAX_TOKEN_LENGTH}: send fewer or shorter claims`)
     }
     app.metrics.issued.inc()
-    request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh, client: request.client }, 'pair issued')
+    request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh }, 'pair issued')
     return pair
   })
 
@@ -78,13 +78,13 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/introspect', {
-    ...app.backendRoute(),
+    ...app.backendRoute('introspect'),
     schema: {
       summary: 'Introspect a token (RFC 7662): active, with its claims, or inactive',
       tags: ['tokens'],
       security: [{ apiKey: [] }],
       body: TokenBodySchema,
-      response: { 200: IntrospectionSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
+      response: { 200: IntrospectionSchema, ...errorResponses(400, 401, 403, 413, 415, 429, 503) }
     }
   }, async (request) => introspect(contextOf(request), request.body.token))
 }

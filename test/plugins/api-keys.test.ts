@@ -1,7 +1,10 @@
-import { test } from 'tap'
+import { test, type Test } from 'tap'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { nameOfSecret } from '../../plugins/api-keys.js'
-import { API_KEY, build, decodeJwt, LogCapture, refreshWith, type Pair } from '../support/app.js'
+import { API_KEY, build, decodeJwt, LogCapture, refreshWith, testConfig, type Pair } from '../support/app.js'
+import { until } from '../support/wait.js'
 
 const GATEWAY_SECRET = 'gateway-secret-0123456789'
 const NAMED = { API_KEYS: `${API_KEY},gateway:${GATEWAY_SECRET}` }
@@ -86,4 +89,113 @@ test('/metrics counts each key\'s requests by its name, route and status', async
   t.match(text, new RegExp(`^rotor_backend_requests_total\\{client="${nameOfSecret(API_KEY)}",route="/v1/tokens",status_code="200"\\} 1$`, 'm'))
   t.equal(text.match(/^rotor_backend_requests_total\{/gm)?.length, 3, 'a request with no valid key is no one\'s')
   t.notOk(text.includes(GATEWAY_SECRET))
+})
+
+const SCOPED = {
+  API_KEYS: [
+    `${API_KEY}`,
+    'issuer:issuer-secret-0123456789:issue',
+    'reader:reader-secret-0123456789:introspect',
+    'support:support-secret-0123456789:revoke+sessions'
+  ].join(',')
+}
+
+async function call (app: FastifyInstance, route: 'issue' | 'introspect' | 'oauth-introspect' | 'revoke', secret: string): Promise<import('light-my-request').Response> {
+  const authorization = `Bearer ${secret}`
+  switch (route) {
+    case 'issue': return app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization }, payload: { sub: 'alice' } })
+    case 'introspect': return app.inject({ method: 'POST', url: '/v1/tokens/introspect', headers: { authorization }, payload: { token: 'x' } })
+    case 'oauth-introspect': return app.inject({ method: 'POST', url: '/oauth2/introspect', headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' }, payload: 'token=x' })
+    case 'revoke': return app.inject({ method: 'POST', url: '/v1/subjects/alice/revoke', headers: { authorization } })
+  }
+}
+
+test('a key does what its scopes allow, and gets 403 insufficient_scope for the rest; no scopes is every scope', async (t) => {
+  const app = await build(t, SCOPED)
+  const allowed: Record<string, Array<Parameters<typeof call>[1]>> = {
+    [API_KEY]: ['issue', 'introspect', 'oauth-introspect', 'revoke'],
+    'issuer-secret-0123456789': ['issue'],
+    'reader-secret-0123456789': ['introspect', 'oauth-introspect'],
+    'support-secret-0123456789': ['revoke']
+  }
+  for (const [secret, routes] of Object.entries(allowed)) {
+    for (const route of ['issue', 'introspect', 'oauth-introspect', 'revoke'] as const) {
+      const response = await call(app, route, secret)
+      const label = `${secret.slice(0, 7)} on ${route}`
+      if (routes.includes(route)) {
+        t.equal(response.statusCode, 200, `${label}: allowed`)
+      } else {
+        t.equal(response.statusCode, 403, `${label}: refused`)
+        const body = response.json<Record<string, unknown>>()
+        if (route === 'oauth-introspect') {
+          t.equal(body['error'], 'insufficient_scope', `${label}: RFC 6750's code in RFC 6749's shape`)
+        } else {
+          t.match(body, { statusCode: 403, code: 'insufficient_scope', error: 'Forbidden', message: /needs the (issue|introspect|revoke) scope/ }, `${label}: the envelope`)
+        }
+        t.match(response.headers['www-authenticate'], /^Bearer error="insufficient_scope", scope="(issue|introspect|revoke)"$/, `${label}: the scope it needs`)
+      }
+    }
+  }
+})
+
+test('a refusal for want of scope is counted per key and logged with the key\'s name, before the body is read', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, SCOPED, logs)
+  const response = await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: 'Bearer reader-secret-0123456789', 'content-type': 'text/plain' }, payload: 'not even JSON' })
+  t.equal(response.statusCode, 403, 'the scope is checked before the body (a 415 would say the body was looked at)')
+  await call(app, 'revoke', 'support-secret-0123456789')
+  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(text, /^rotor_backend_requests_total\{client="reader",route="\/v1\/tokens",status_code="403"\} 1$/m)
+  const refused = logs.lines.find((line) => line['msg'] === 'request refused' && line['code'] === 'insufficient_scope')
+  t.equal(refused?.['client'], 'reader', 'the refusal names the key')
+  const revoked = logs.lines.find((line) => line['event'] === 'subject.revoked')
+  t.equal(revoked?.['client'], 'support', 'and every line of a backend action does')
+})
+
+/** A keys file of these entries in a fresh directory; its path. */
+function apiKeysFile (t: Test, entries: unknown): string {
+  const path = join(t.testdir(), 'api-keys.json')
+  writeFileSync(path, typeof entries === 'string' ? entries : JSON.stringify(entries))
+  return path
+}
+
+test('API_KEYS_FILE: a removed key stops working within 2 s, with no restart; a broken file keeps the current keys', async (t) => {
+  const path = apiKeysFile(t, [`gateway:${GATEWAY_SECRET}`, 'reader:reader-secret-0123456789:introspect'])
+  const logs = new LogCapture()
+  const app = await build(t, { API_KEYS: '', API_KEYS_FILE: path }, logs)
+  t.equal((await call(app, 'issue', GATEWAY_SECRET)).statusCode, 200)
+  t.equal((await call(app, 'introspect', 'reader-secret-0123456789')).statusCode, 200)
+
+  writeFileSync(path, JSON.stringify(['reader:reader-secret-0123456789:introspect+issue']))
+  const changed = Date.now()
+  await until('the removed key to stop working', async () => (await call(app, 'issue', GATEWAY_SECRET)).statusCode === 401, 2000)
+  t.ok(Date.now() - changed <= 2000, 'within 2 s')
+  t.equal((await call(app, 'issue', 'reader-secret-0123456789')).statusCode, 200, 'and a key\'s new scopes apply')
+  t.match(logs.lines.find((line) => line['event'] === 'api_keys.reload'), { level: 30, trigger: 'file', names: ['reader'] })
+
+  for (const broken of ['["reader:short"]', '{"keys": []}', 'not json']) {
+    writeFileSync(path, broken)
+    t.equal(app.apiKeys.reload('signal'), false, `${broken}: not loaded`)
+    t.equal((await call(app, 'issue', 'reader-secret-0123456789')).statusCode, 200, `${broken}: the current keys go on`)
+  }
+  const errors = logs.lines.filter((line) => line['event'] === 'api_keys.reload' && line['level'] === 50)
+  t.equal(errors.length, 3, 'each broken file said at error level')
+  t.notOk(logs.text.includes('reader-secret-0123456789') || logs.text.includes(GATEWAY_SECRET), 'no secret in the log')
+})
+
+test('API_KEYS_FILE is read with the settings: a bad one stops the start, naming the entry; API_KEYS beside it is refused', async (t) => {
+  t.strictSame(testConfig({ API_KEYS: '', API_KEYS_FILE: apiKeysFile(t, ['gw:gateway-secret-0123456789:issue']) }).apiKeys,
+    [{ name: 'gw', secret: 'gateway-secret-0123456789', scopes: ['issue'] }])
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['not JSON', '[', /API_KEYS_FILE=.*cannot read a JSON file/],
+    ['not an array', { keys: [] }, /expected a JSON array of entries/],
+    ['empty', [], /expected a JSON array of entries/],
+    ['a number', [42], /expected a JSON array of entries/],
+    ['a short key', ['gw:short'], /API_KEYS_FILE=.*: entry #1: a key must be at least 16 characters/]
+  ]
+  for (const [label, entries, expected] of cases) {
+    t.throws(() => testConfig({ API_KEYS: '', API_KEYS_FILE: apiKeysFile(t, entries) }), expected, label)
+  }
+  t.throws(() => testConfig({ API_KEYS: '', API_KEYS_FILE: join(t.testdir(), 'absent.json') }), /absent\.json: cannot read a JSON file \(ENOENT\)/)
+  t.throws(() => testConfig({ API_KEYS_FILE: apiKeysFile(t, ['gw:gateway-secret-0123456789']) }), /API_KEYS and API_KEYS_FILE: set one, not both/)
 })
