@@ -2,7 +2,6 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyRequest, preParsingHookHandler } from 'fastify'
-import { pino } from 'pino'
 import { SCOPES, type ApiKey, type Scope } from './config.js'
 import { AppError, ConfigError } from './errors.js'
 import { watchSettled } from './watch.js'
@@ -75,10 +74,11 @@ export class ApiKeys {
   private keys: Array<{ digest: Buffer, client: ApiClient }>
   private readonly load: (() => ApiKey[]) | undefined
   private readonly log: FastifyBaseLogger
-  constructor (keys: ApiKey[], options: { load?: () => ApiKey[], log?: FastifyBaseLogger } = {}) {
+  /** `load`: reads the keys again (API_KEYS_FILE); without it there is nothing to reload. `log`: where a reload says what it did. */
+  constructor (keys: ApiKey[], options: { load?: () => ApiKey[], log: FastifyBaseLogger }) {
     this.keys = ApiKeys.digested(keys)
     this.load = options.load
-    this.log = options.log ?? pino({ level: 'silent' })
+    this.log = options.log
   }
 
   private static digested (keys: ApiKey[]): Array<{ digest: Buffer, client: ApiClient }> {
