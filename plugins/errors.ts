@@ -189,7 +189,7 @@ const OAUTH_CODES: Record<ErrorCode, OAuthErrorCode> = {
 }
 
 /** `{"error", "error_description"}`; the description as §5.2 allows it (printable ASCII, no `"` or `\`). */
-export function oauthErrorBody (error: AppError): { error: OAuthErrorCode, error_description: string } {
+function oauthErrorBody (error: AppError): { error: OAuthErrorCode, error_description: string } {
   const code = error instanceof OAuthOnlyError ? error.oauthCode : OAUTH_CODES[error.code]
   return { error: code, error_description: error.message.replaceAll('"', "'").replace(/[^\x20-\x21\x23-\x5b\x5d-\x7e]/g, '?') }
 }

@@ -11,14 +11,14 @@ import { introspect, revoke, type Introspection } from '../revocation.js'
 import { refreshFor } from './refreshing.js'
 
 /** The issuer as RFC 8414 §2 wants it (an http(s) URL, no query, no fragment), or null. */
-export function issuerUrl (issuer: string): URL | null {
+function issuerUrl (issuer: string): URL | null {
   if (!URL.canParse(issuer)) return null
   const url = new URL(issuer)
   return ['http:', 'https:'].includes(url.protocol) && url.search === '' && url.hash === '' ? url : null
 }
 
 /** RFC 8414 metadata: every URL built from the issuer, so it is right behind a proxy that serves Rotor under it. */
-export function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
+function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
   const base = issuer.replace(/\/+$/, '')
   return {
     issuer,

@@ -40,23 +40,20 @@ test('an allowed origin gets its own origin back and Vary: Origin on a successfu
   t.notOk(response.headers['access-control-allow-credentials'], 'no credentials are asked for')
 })
 
-test('an allowed origin gets CORS headers on a 401 token_invalid, so the page can read the code', async (t) => {
-  const app = await build(t)
-  const response = await refreshFrom(app, NEXT_APP, { refresh_token: 'not-a-token' })
-  t.equal(response.statusCode, 401)
-  t.equal(response.json().code, 'token_invalid')
-  t.equal(header(response, 'access-control-allow-origin'), NEXT_APP)
-  t.ok(tokens(response, 'vary').includes('origin'))
-})
-
-test('an allowed origin gets CORS headers on a 400 invalid_request', async (t) => {
-  const app = await build(t)
-  const response = await refreshFrom(app, NEXT_APP, { refresh: 'wrong field' })
-  t.equal(response.statusCode, 400)
-  t.equal(response.json().code, 'invalid_request')
-  t.equal(header(response, 'access-control-allow-origin'), NEXT_APP)
-  t.ok(tokens(response, 'vary').includes('origin'))
-})
+const ERROR_ANSWERS: Array<[string, Record<string, unknown>, number, string]> = [
+  ['a 401 token_invalid, so the page can read the code', { refresh_token: 'not-a-token' }, 401, 'token_invalid'],
+  ['a 400 invalid_request', { refresh: 'wrong field' }, 400, 'invalid_request']
+]
+for (const [label, body, status, code] of ERROR_ANSWERS) {
+  test(`an allowed origin gets CORS headers on ${label}`, async (t) => {
+    const app = await build(t)
+    const response = await refreshFrom(app, NEXT_APP, body)
+    t.equal(response.statusCode, status)
+    t.equal(response.json().code, code)
+    t.equal(header(response, 'access-control-allow-origin'), NEXT_APP)
+    t.ok(tokens(response, 'vary').includes('origin'))
+  })
+}
 
 test('an allowed origin gets CORS headers on a 429 rate_limited, with the rate-limit headers exposed', async (t) => {
   const app = await build(t, { RATE_LIMIT_MAX: '1' })
