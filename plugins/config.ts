@@ -71,6 +71,8 @@ export interface Config {
   legacySimpleJwtSigningKey: string | null
   /** When Redis lost its data: refuse refresh tokens minted before, or accept them. */
   storeLoss: 'refuse' | 'accept'
+  /** A subject's live sessions at most: issuing one more ends its oldest. */
+  maxSessionsPerSubject: number
 }
 
 declare module 'fastify' {

@@ -21,7 +21,11 @@ export class Metrics {
   })
 
   readonly sessionsRevoked = new Counter({
-    name: 'rotor_sessions_revoked_total', help: 'Sessions revoked, by reason (logout, reuse)', labelNames: ['reason'], registers: [this.registry]
+    name: 'rotor_sessions_revoked_total', help: 'Sessions revoked, by reason (logout, reuse, limit: MAX_SESSIONS_PER_SUBJECT, ended: a session route)', labelNames: ['reason'], registers: [this.registry]
+  })
+
+  readonly sessionsUnlisted = new Counter({
+    name: 'rotor_sessions_unlisted_total', help: 'Sessions issued while the session index did not answer: listed from their first refresh', registers: [this.registry]
   })
 
   readonly subjectsRevoked = new Counter({ name: 'rotor_subjects_revoked_total', help: 'Log-out-everywhere calls', registers: [this.registry] })

@@ -5,13 +5,6 @@ import type { Scope } from './config.js'
 import { AppError } from './errors.js'
 
 /**
- * The limiter's own Redis connection gives up sooner than the denylist's: while Redis hangs, a
- * request must not wait for the limiter first and the denylist second (two timeouts would blow
- * the 2-second promise of the contract). The limiter then lets the request through.
- */
-const RATE_LIMIT_COMMAND_TIMEOUT_MS = 250
-
-/**
  * The budget a route's requests spend. `client-ip`, every route's unless it says otherwise: one
  * per client address. `api-key`, the backend routes': one per API key, and one per address for
  * requests that bring no valid key (counted apart, so bad keys never spend a browser's budget).
@@ -60,10 +53,13 @@ function budgetKey (request: FastifyRequest): string {
  *
  * Budgets live in Redis when there is one, so every instance behind a load balancer counts
  * against the same numbers. If Redis fails, requests are let through rather than refused: the
- * routes that need the store answer 503 on their own, and issuing must keep working.
+ * routes that need the store answer 503 on their own, and issuing must keep working. The counters
+ * go over the redis plugin's side connection, which gives up sooner than the denylist's (250 ms):
+ * while Redis hangs, a request must not wait for the limiter and then the denylist for a whole
+ * timeout each (that would blow the 2-second promise of the contract).
  */
 export default fp(async function rateLimitPlugin (app, opts: RateLimitOptions) {
-  const redis = app.connectRedis === null ? null : await app.connectRedis(RATE_LIMIT_COMMAND_TIMEOUT_MS)
+  const redis = app.sideRedis === null ? null : await app.sideRedis()
   const allowed = new Set(opts.allow.map((address) => normalizeIP(address, 128)))
   await app.register(rateLimit, {
     global: true,

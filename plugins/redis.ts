@@ -92,8 +92,14 @@ export function mayEvict (policy: string): boolean {
 }
 
 /** A client for one of the three Redis shapes, failing fast; the caller connects it. */
-export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memory' }>, commandTimeout = COMMAND_TIMEOUT_MS): RedisClient {
-  const options = failFast(commandTimeout)
+/**
+ * A client of Rotor's Redis. `autoPipelining`: commands sent within one turn of the event loop go
+ * in one write (ioredis's enableAutoPipelining): a write system call per command was a third of
+ * an issue's CPU. Not for the store's own client: a command queued behind a pipeline in flight
+ * to a hung Redis waits for two timeouts, past the 2-second promise of a 503.
+ */
+export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memory' }>, commandTimeout = COMMAND_TIMEOUT_MS, autoPipelining = false): RedisClient {
+  const options = { ...failFast(commandTimeout), enableAutoPipelining: autoPipelining }
   switch (setting.kind) {
     case 'single':
       return new Redis(setting.url, options)
@@ -102,12 +108,16 @@ export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memor
     case 'cluster':
       return new Cluster(setting.nodes, {
         enableOfflineQueue: false,
+        enableAutoPipelining: autoPipelining,
         lazyConnect: true,
         clusterRetryStrategy: (times: number) => Math.min(times * 50, 500),
         redisOptions: options
       })
   }
 }
+
+/** The side connection's command timeout: what a user of it waits at most before going on without Redis. */
+export const SIDE_COMMAND_TIMEOUT_MS = 250
 
 /** Tracks whether Redis answers, and says so in the log once per change, not once per request. */
 export class RedisHealth {
@@ -190,12 +200,14 @@ declare module 'fastify' {
     redis: RedisClient | null
     redisHealth: RedisHealth | null
     /**
-     * Opens another connection to the same Redis for a user that must give up sooner than the
-     * store (the rate limiter: `commandTimeout` ms); null when there is no Redis. It waits for the
-     * connection as the store's does, is watched for silence, and is closed with the app. Its
-     * errors are not reported: the store's own connection says how Redis is.
+     * The side connection to the same Redis, for users that give up sooner than the store and go
+     * on without Redis rather than answer 503 (the rate limiter; the session index at issuance):
+     * SIDE_COMMAND_TIMEOUT_MS, auto-pipelined. Opened at the first call, shared after; null when
+     * there is no Redis. It waits for the connection as the store's does, is watched for silence,
+     * and is closed with the app. Its errors are not reported: the store's own connection says how
+     * Redis is.
      */
-    connectRedis: ((commandTimeout: number) => Promise<RedisClient>) | null
+    sideRedis: (() => Promise<RedisClient>) | null
   }
 }
 
@@ -213,7 +225,7 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   if (setting.kind === 'memory') {
     app.decorate('redis', null)
     app.decorate('redisHealth', null)
-    app.decorate('connectRedis', null)
+    app.decorate('sideRedis', null)
     return
   }
   const client = createRedisClient(setting)
@@ -228,17 +240,22 @@ export default fp(async function redisPlugin (app, opts: { config: Config }) {
   client.on('close', () => { health.down('connection closed') })
   app.decorate<RedisClient | null>('redis', client)
   app.decorate<RedisHealth | null>('redisHealth', health)
-  app.decorate('connectRedis', async function connectRedis (commandTimeout: number) {
-    const other = createRedisClient(setting, commandTimeout)
+  let side: Promise<RedisClient> | null = null
+  const openSide = async (): Promise<RedisClient> => {
+    const other = createRedisClient(setting, SIDE_COMMAND_TIMEOUT_MS, true)
     other.on('error', () => {})
-    // Not there yet (a sidecar starting first): its user goes on without it until it is.
-    await Promise.race([other.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, CONNECT_WAIT_MS).unref())])
     const stopWatching = recycleWhenSilent(other)
     app.addHook('onClose', async () => {
       stopWatching()
       other.disconnect()
     })
+    // Not there yet (a sidecar starting first): its users go on without it until it is.
+    await Promise.race([other.connect().catch(() => {}), new Promise((resolve) => setTimeout(resolve, CONNECT_WAIT_MS).unref())])
     return other
+  }
+  app.decorate('sideRedis', async function sideRedis () {
+    side ??= openSide()
+    return await side
   })
 
   // A sidecar may start before its Redis: give it a moment, then go on not-ready and keep trying

@@ -10,7 +10,8 @@ export const IssueBodySchema = Type.Object({
   claims: Type.Optional(Type.Record(Type.String({ maxLength: 64 }), Type.Unknown(), {
     description: 'custom claims: carried by the refresh token and copied into every access token'
   })),
-  aud: Type.Optional(Audience)
+  aud: Type.Optional(Audience),
+  device: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'a label for the session, as its "your devices" list shows it (e.g. "Firefox on Linux")' }))
 }, { additionalProperties: false })
 export type IssueBody = Static<typeof IssueBodySchema>
 

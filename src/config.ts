@@ -195,7 +195,8 @@ const SCHEMA = {
   rateLimitAllow: list('RATE_LIMIT_ALLOW', { fault: (address) => isIP(address) === 0 ? `"${address}" is not an IP address` : null }),
   compatSimpleJwt: boolean('COMPAT_SIMPLEJWT', true),
   legacySimpleJwtSigningKey: text('LEGACY_SIMPLEJWT_SIGNING_KEY'),
-  storeLoss: oneOf('STORE_LOSS', ['refuse', 'accept'], 'refuse')
+  storeLoss: oneOf('STORE_LOSS', ['refuse', 'accept'], 'refuse'),
+  maxSessionsPerSubject: integer('MAX_SESSIONS_PER_SUBJECT', 100, 1, 10_000)
 }
 
 /** The name of every environment variable Rotor reads (the docs are checked against it). */

@@ -3,6 +3,7 @@ import type { LegacyRefreshToken } from '../plugins/legacy-tokens.js'
 import { remainingLifeMs, type TokenContext } from './context.js'
 import { clockUs, mintPair, newSession, randomId } from './minting.js'
 import type { Refreshed } from './rotation.js'
+import { entryOf, recordSession } from './sessions.js'
 
 /**
  * Exchanges a legacy refresh token for a new Rotor session, once: its jti is recorded for as
@@ -18,5 +19,7 @@ export async function exchangeLegacy (ctx: TokenContext, legacy: LegacyRefreshTo
   const session = newSession(legacy.sub, ctx.config.jwtAudience[0], {}, issuedUs)
   const ids = { access: randomId(), refresh: randomId() }
   ctx.log.info({ event: 'token.legacy_exchanged', sub: legacy.sub, sid: session.sid, jti: ids.refresh, previous_jti: legacy.jti }, 'a SimpleJWT refresh token was exchanged for a Rotor session')
-  return { pair: mintPair(ctx.keyring, ctx.config, session, nowSec, ids, nowSec), session, previousJti: legacy.jti, refreshJti: ids.refresh, isRetry: false }
+  const pair = mintPair(ctx.keyring, ctx.config, session, nowSec, ids, nowSec)
+  const evicted = await recordSession(ctx, entryOf(ctx, session, nowSec), session.sub, nowMs)
+  return { pair, session, previousJti: legacy.jti, refreshJti: ids.refresh, isRetry: false, evicted }
 }

@@ -2,6 +2,8 @@ import { TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
 import type { Payload } from '../plugins/keyring.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
 import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './minting.js'
+import { entryOf, recordSession, reportEvicted } from './sessions.js'
+import type { Evicted } from '../plugins/store/index.js'
 
 export interface Refreshed {
   pair: TokenPair
@@ -11,6 +13,8 @@ export interface Refreshed {
   refreshJti: string
   /** A retry within the grace window: the answer repeats the first rotation's pair. */
   isRetry: boolean
+  /** Sessions of the subject the cap ended as this one was listed again; null: the index did not answer. */
+  evicted: Evicted | null
 }
 
 /**
@@ -49,13 +53,15 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
       if (state !== 'active') throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
     }
     const access = mintAccessToken(keyring, config, session, nowSec, randomId())
-    const pair = pairResponse(access, { token: presented as string, exp: payload['exp'] as number }, nowSec)
-    return { pair, session, previousJti, refreshJti: previousJti, isRetry: false }
+    const refreshToken = { token: presented as string, exp: payload['exp'] as number }
+    const pair = pairResponse(access, refreshToken, nowSec)
+    const evicted = await recordSession(ctx, { ...entryOf(ctx, session, nowSec), expiresAt: refreshToken.exp }, session.sub, nowMs)
+    return { pair, session, previousJti, refreshJti: previousJti, isRetry: false, evicted }
   }
 
   if (!config.denylistEnabled) {
     const ids = { access: randomId(), refresh: randomId() }
-    return { pair: mintPair(keyring, config, session, nowSec, ids, nowSec), session, previousJti, refreshJti: ids.refresh, isRetry: false }
+    return { pair: mintPair(keyring, config, session, nowSec, ids, nowSec), session, previousJti, refreshJti: ids.refresh, isRetry: false, evicted: [] }
   }
 
   const ids = { access: keyring.deriveId(key, 'access', previousJti), refresh: keyring.deriveId(key, 'refresh', previousJti) }
@@ -67,7 +73,8 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
     ttlMs: remainingLifeMs(config, payload['exp'] as number, nowMs),
     graceMs: config.refreshReuseGrace * 1000,
     enforce: config.reuseDetection === 'enforce',
-    sessionTtlMs: sessionRevocationTtlMs(config, session.authTime, nowMs)
+    sessionTtlMs: sessionRevocationTtlMs(config, session.authTime, nowMs),
+    entry: entryOf(ctx, session, nowSec)
   })
   switch (outcome.status) {
     case 'revoked':
@@ -87,7 +94,8 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
       const pair = pairResponse(
         mintAccessToken(keyring, config, session, late ? nowSec : iat, ids.access), mintRefreshToken(keyring, config, session, iat, ids.refresh), nowSec
       )
-      return { pair, session, previousJti, refreshJti: ids.refresh, isRetry: outcome.status === 'grace' }
+      reportEvicted(ctx, session.sub, outcome.evicted)
+      return { pair, session, previousJti, refreshJti: ids.refresh, isRetry: outcome.status === 'grace', evicted: outcome.evicted }
     }
   }
 }

@@ -6,9 +6,9 @@ import { SILENCE_CHECK_MS, type RedisClient, type RedisHealth } from '../redis.j
 import { StoreMarker } from './marker.js'
 import { MemoryDenylist } from './memory.js'
 import { RedisDenylist } from './redis.js'
-import type { Denylist } from './types.js'
+import type { Denylist, SessionIndexSettings } from './types.js'
 
-export type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
+export type { Denylist, Evicted, RotateInput, RotateOutcome, SessionEntry, TokenRef, TokenState } from './types.js'
 
 /**
  * Where the store is, decided once here and read everywhere else: `redis` (the denylist in
@@ -24,6 +24,15 @@ declare module 'fastify' {
   }
 }
 
+/** What the session index needs of the settings. */
+function indexSettings (config: Config): SessionIndexSettings {
+  return {
+    maxPerSubject: config.maxSessionsPerSubject,
+    leewaySec: config.leeway,
+    accessOverhangSec: Math.max(0, config.accessTokenTtl - config.refreshTokenTtl)
+  }
+}
+
 /**
  * The Redis store, watching Rotor's marker (StoreMarker): read before the first request, at every
  * reconnection and every SILENCE_CHECK_MS, so a store that lost its data is found out.
@@ -33,7 +42,9 @@ async function redisStore (app: FastifyInstance, client: RedisClient, health: Re
   // The marker lives as long as any token could: a store idle that long holds nothing to lose.
   const lifeMs = (Math.max(accessTokenTtl, refreshTokenTtl) + leeway) * 1000
   const marker = new StoreMarker(client, `${redisKeyPrefix}store:epoch`, lifeMs, app.log, health, () => { app.metrics.storeLosses.inc() })
-  const store = new RedisDenylist(client, redisKeyPrefix, health, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }, marker)
+  // The redis plugin made the main client, so it has a side connection too.
+  const side = await app.sideRedis!()
+  const store = new RedisDenylist(client, redisKeyPrefix, health, { replicas: redisWaitReplicas, timeoutMs: redisWaitTimeoutMs }, marker, indexSettings(config), side)
   const onReady = async (): Promise<void> => {
     marker.forget()
     await Promise.all([store.syncClock(), marker.check()]).catch(() => {})
@@ -58,7 +69,7 @@ export default fp(async function denylistPlugin (app, opts: { config: Config }) 
   const { redis, redisHealth } = app
   const withRedis = redis !== null && redisHealth !== null
   const kind: StoreKind = !withRedis ? 'memory' : opts.config.denylistEnabled ? 'redis' : 'off'
-  const denylist = withRedis && kind === 'redis' ? await redisStore(app, redis, redisHealth, opts.config) : new MemoryDenylist()
+  const denylist = withRedis && kind === 'redis' ? await redisStore(app, redis, redisHealth, opts.config) : new MemoryDenylist(indexSettings(opts.config))
   app.decorate('storeKind', kind)
   if (kind === 'memory' && opts.config.denylistEnabled) {
     app.log.warn('no REDIS_URL: the denylist is in this process only; run one instance only, and revocations are lost on restart')

@@ -1,9 +1,12 @@
 import { revokedUntilUs } from './subject-marks.js'
-import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
+import type { Denylist, Evicted, RotateInput, RotateOutcome, SessionEntry, SessionIndexSettings, TokenRef, TokenState } from './types.js'
 
 interface Entry { value: number, expiresAtMs: number }
 
 const SWEEP_INTERVAL_MS = 60_000
+
+/** The settings of the index when none are given (tests): the contract's defaults. */
+const DEFAULT_INDEX: SessionIndexSettings = { maxPerSubject: 100, leewaySec: 0, accessOverhangSec: 0 }
 
 /**
  * The in-process denylist, for one instance with no Redis. Same keys, same TTLs and the same
@@ -12,9 +15,13 @@ const SWEEP_INTERVAL_MS = 60_000
  */
 export class MemoryDenylist implements Denylist {
   private readonly entries = new Map<string, Entry>()
+  /** The session index: subject -> sid -> entry. */
+  private readonly index = new Map<string, Map<string, SessionEntry>>()
+  private readonly settings: SessionIndexSettings
   private readonly sweeper: NodeJS.Timeout
 
-  constructor () {
+  constructor (settings: SessionIndexSettings = DEFAULT_INDEX) {
+    this.settings = settings
     this.sweeper = setInterval(() => { this.sweep(Date.now()) }, SWEEP_INTERVAL_MS)
     this.sweeper.unref()
   }
@@ -31,14 +38,20 @@ export class MemoryDenylist implements Denylist {
     if (rotatedAt !== null) {
       const inWindow = input.graceMs > 0 && now - rotatedAt <= input.graceMs && this.get(`j:${input.childJti}`, now) === null
       if (!inWindow) {
-        if (input.enforce) this.set(`s:${input.sid}`, 1, now + input.sessionTtlMs)
+        if (input.enforce) {
+          this.set(`s:${input.sid}`, 1, now + input.sessionTtlMs)
+          this.index.get(input.sub)?.delete(input.sid)
+        }
         return { status: 'reused' }
       }
     }
-    if (this.isRevoked(input, now)) return { status: 'revoked' }
-    if (rotatedAt !== null) return { status: 'grace', rotatedAtMs: rotatedAt }
+    if (this.isRevoked(input, now)) {
+      this.index.get(input.sub)?.delete(input.sid)
+      return { status: 'revoked' }
+    }
+    if (rotatedAt !== null) return { status: 'grace', rotatedAtMs: rotatedAt, evicted: [] }
     this.set(`j:${input.jti}`, now, now + input.ttlMs)
-    return { status: 'rotated', rotatedAtMs: now }
+    return { status: 'rotated', rotatedAtMs: now, evicted: this.list(input.sub, input.entry, now) }
   }
 
   async state (ref: TokenRef): Promise<TokenState> {
@@ -53,10 +66,27 @@ export class MemoryDenylist implements Denylist {
 
   async revokeSession (ref: TokenRef, ttlMs: number): Promise<void> {
     this.set(`s:${ref.sid}`, 1, Date.now() + ttlMs)
+    this.index.get(ref.sub)?.delete(ref.sid)
   }
 
   async revokeSubject (sub: string, untilUs: number, ttlMs: number): Promise<void> {
     this.set(`u:${sub}`, Math.max(untilUs, this.get(`u:${sub}`, Date.now()) ?? 0), Date.now() + ttlMs)
+    this.live(sub, Date.now())
+  }
+
+  async recordSession (sub: string, entry: SessionEntry, nowMs: number): Promise<Evicted> {
+    return this.list(sub, entry, nowMs)
+  }
+
+  async listSessions (sub: string, nowMs: number): Promise<SessionEntry[]> {
+    return [...this.live(sub, nowMs).values()].sort((a, b) => b.createdUs - a.createdUs)
+  }
+
+  async endSessions (sub: string, which: { sids: string[] } | { except: string }, nowMs: number): Promise<string[]> {
+    const sessions = this.live(sub, nowMs)
+    const ended = [...sessions.values()].filter((entry) => 'sids' in which ? which.sids.includes(entry.sid) : entry.sid !== which.except)
+    for (const entry of ended) this.finish(sessions, entry)
+    return ended.map((entry) => entry.sid)
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
@@ -76,7 +106,42 @@ export class MemoryDenylist implements Denylist {
     clearInterval(this.sweeper)
   }
 
-  private isRevoked (ref: TokenRef, now: number): boolean {
+  /** The subject's live sessions: what expired or was revoked leaves the index as it is read. */
+  private live (sub: string, now: number): Map<string, SessionEntry> {
+    const sessions = this.index.get(sub) ?? new Map<string, SessionEntry>()
+    for (const [sid, entry] of sessions) {
+      const expired = (entry.expiresAt + this.settings.leewaySec) * 1000 < now
+      if (expired || this.isRevoked({ sub, sid, issuedUs: entry.createdUs }, now)) sessions.delete(sid)
+    }
+    if (sessions.size === 0) this.index.delete(sub)
+    return sessions
+  }
+
+  /** Lists a session (or updates it: a rotation knows no device, the one given at issuance stays); see INDEX in scripts.ts. */
+  private list (sub: string, entry: SessionEntry, now: number): Evicted {
+    const sessions = this.live(sub, now)
+    const listed = sessions.get(entry.sid)
+    sessions.set(entry.sid, { ...entry, device: entry.device ?? listed?.device ?? null })
+    this.index.set(sub, sessions)
+    const evicted: Evicted = []
+    if (listed !== undefined) return evicted
+    const others = [...sessions.values()].filter((other) => other.sid !== entry.sid).sort((a, b) => a.createdUs - b.createdUs)
+    for (const oldest of others) {
+      if (sessions.size <= this.settings.maxPerSubject) break
+      this.finish(sessions, oldest)
+      evicted.push(oldest.sid)
+    }
+    return evicted
+  }
+
+  /** Revokes a listed session for as long as its tokens live, and unlists it (an emptied subject goes at its next read). */
+  private finish (sessions: Map<string, SessionEntry>, entry: SessionEntry): void {
+    const { leewaySec, accessOverhangSec } = this.settings
+    this.set(`s:${entry.sid}`, 1, (entry.expiresAt + leewaySec + accessOverhangSec) * 1000)
+    sessions.delete(entry.sid)
+  }
+
+  private isRevoked (ref: Pick<TokenRef, 'sub' | 'sid' | 'issuedUs'>, now: number): boolean {
     const until = this.get(`u:${ref.sub}`, now)
     return this.get(`s:${ref.sid}`, now) !== null || (until !== null && revokedUntilUs(until) >= ref.issuedUs)
   }

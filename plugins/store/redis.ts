@@ -1,15 +1,17 @@
 import { StoreUnavailableError } from '../errors.js'
-import { COMMAND_TIMEOUT_MS, recycleIfSilent, type RedisClient, type RedisHealth } from '../redis.js'
+import { COMMAND_TIMEOUT_MS, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
-import { CONFIRM, REVOKE_SUBJECT, ROTATE } from './scripts.js'
+import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE } from './scripts.js'
 import { revokedUntilUs } from './subject-marks.js'
-import type { Denylist, RotateInput, RotateOutcome, TokenRef, TokenState } from './types.js'
+import type { Denylist, Evicted, RotateInput, RotateOutcome, SessionEntry, SessionIndexSettings, TokenRef, TokenState } from './types.js'
 
 /** A rotation must start within this much of being sent, or it writes nothing (see ROTATE). */
 const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
+/** The same for a session listed at issuance, over the side connection. */
+const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
-type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'set'
+type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (key: string, atMs: string) => Promise<unknown>
 interface Queue { exec: () => Promise<unknown> }
@@ -31,10 +33,37 @@ export function hashTag (sub: string): string {
 export interface Durability { replicas: number, timeoutMs: number }
 
 /**
+ * An index entry as the hash holds it (see INDEX in scripts.ts): `<issued µs> <refreshed − issued
+ * s> <expires − refreshed s> <client_id>`; the device label follows a newline, written by the
+ * script (which keeps the one given at issuance). Short, so a subject's hash stays compact.
+ */
+function entryHead (entry: SessionEntry): string {
+  const issuedSec = Math.floor(entry.createdUs / 1_000_000)
+  return `${entry.createdUs} ${entry.lastRefreshedAt - issuedSec} ${entry.expiresAt - entry.lastRefreshedAt} ${entry.clientId ?? ''}`
+}
+
+function entryOf (sid: string, stored: string): SessionEntry {
+  const newline = stored.indexOf('\n')
+  const [issued = '0', refreshed = '0', expires = '0', clientId = ''] = (newline === -1 ? stored : stored.slice(0, newline)).split(' ')
+  const createdUs = Number(issued)
+  const lastRefreshedAt = Math.floor(createdUs / 1_000_000) + Number(refreshed)
+  return {
+    sid,
+    createdUs,
+    lastRefreshedAt,
+    expiresAt: lastRefreshedAt + Number(expires),
+    clientId: clientId === '' ? null : clientId,
+    device: newline === -1 ? null : stored.slice(newline + 1)
+  }
+}
+
+/**
  * The Redis denylist. Keys are `<prefix>{<hashTag(sub)>}:<kind>:<id>`, kinds: j a rotated refresh or a
  * revoked access token, s a revoked session, u a subject's revocation, l an exchanged legacy
- * token. The hash tag puts every record of a subject in one cluster slot, so the rotation
- * script's keys always live together (and a WAIT behind a write goes to the node that took it).
+ * token; and the subject's session index, `<prefix>{<tag>}:sessions` and `:sessions:by-expiry`
+ * (see INDEX in scripts.ts). The hash tag puts every record of a subject
+ * in one cluster slot, so the rotation script's keys always live together (and a WAIT behind a
+ * write goes to the node that took it).
  */
 export class RedisDenylist implements Denylist {
   private readonly client: RedisClient
@@ -42,26 +71,53 @@ export class RedisDenylist implements Denylist {
   private readonly health: RedisHealth | null
   private readonly durability: Durability
   private readonly marker: StoreMarker
+  private readonly sessions: SessionIndexSettings
+  /** The redis plugin's side connection (auto-pipelined, quick to give up): issuance lists its sessions over it. */
+  private readonly side: RedisClient
   /** How long a rotation Rotor sent may still get its answer: its command timeout and WAIT. */
   private readonly inFlightMs: number
   /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
   private clockOffsetMs = 0
 
-  constructor (client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker) {
+  constructor (
+    client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker, sessions: SessionIndexSettings, side: RedisClient
+  ) {
     this.client = client
+    this.side = side
     this.prefix = prefix
     this.health = health
     this.durability = durability
     this.marker = marker
+    this.sessions = sessions
     this.inFlightMs = COMMAND_TIMEOUT_MS + (durability.replicas > 0 ? durability.timeoutMs : 0)
-    client.defineCommand('rotorRotate', { numberOfKeys: 4, lua: ROTATE })
+    client.defineCommand('rotorRotate', { numberOfKeys: 6, lua: ROTATE })
     client.defineCommand('rotorConfirm', { numberOfKeys: 1, lua: CONFIRM })
-    client.defineCommand('rotorRevokeSubject', { numberOfKeys: 1, lua: REVOKE_SUBJECT })
+    client.defineCommand('rotorRevokeSubject', { numberOfKeys: 3, lua: REVOKE_SUBJECT })
+    client.defineCommand('rotorRevokeSession', { numberOfKeys: 3, lua: REVOKE_SESSION })
+    side.defineCommand('rotorRecordSession', { numberOfKeys: 3, lua: RECORD_SESSION })
+    client.defineCommand('rotorListSessions', { numberOfKeys: 3, lua: LIST_SESSIONS })
+    client.defineCommand('rotorEndSessions', { numberOfKeys: 3, lua: END_SESSIONS })
   }
 
   /** The key of one record; exported through the class for tests that read TTLs back. */
   key (sub: string, kind: 'j' | 's' | 'u' | 'l', id = ''): string {
     return this.keyIn(`${this.prefix}{${hashTag(sub)}}`, kind, id)
+  }
+
+  /** The two keys of a subject's session index, under its `<prefix>{<tag>}`. */
+  indexKeys (sub: string): [string, string] {
+    return this.indexKeysIn(`${this.prefix}{${hashTag(sub)}}`)
+  }
+
+  private indexKeysIn (subject: string): [string, string] {
+    return [`${subject}:sessions`, `${subject}:sessions:by-expiry`]
+  }
+
+  /** The arguments every index script starts with: its keys, the subject's revocation, then the subject, now and the settings. */
+  private indexArgs (sub: string, nowMs: number): Array<string | number> {
+    const subject = `${this.prefix}{${hashTag(sub)}}`
+    const { leewaySec, accessOverhangSec } = this.sessions
+    return [...this.indexKeysIn(subject), this.keyIn(subject, 'u', ''), subject, nowMs, leewaySec, accessOverhangSec]
   }
 
   /** A record's key under a subject's `<prefix>{<tag>}` (made once when an operation needs several). */
@@ -81,16 +137,20 @@ export class RedisDenylist implements Denylist {
     const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
     const subject = `${this.prefix}{${hashTag(input.sub)}}`
     const record = this.keyIn(subject, 'j', input.jti)
-    const [status, at, unconfirmed] = await this.write('rotorRotate',
+    const { entry } = input
+    const { maxPerSubject, leewaySec, accessOverhangSec } = this.sessions
+    const [status, at, unconfirmed, evicted] = await this.write('rotorRotate',
       record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti),
+      ...this.indexKeysIn(subject),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
-      Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs, deadline
-    ) as [string, string, number]
+      Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs, deadline,
+      subject, input.sid, entryHead(entry), entry.expiresAt, maxPerSubject, leewaySec, accessOverhangSec
+    ) as [string, string, number, Evicted]
     if (status !== 'rotated' && status !== 'grace') return { status: status === 'revoked' ? 'revoked' : 'reused' }
     // The answer reached Rotor: confirm it. Not awaited, nor its failure a 503: a rotation left
     // unconfirmed only lets its client's retry through (see ROTATE).
     if (unconfirmed === 1) (this.client as unknown as { rotorConfirm: Confirm }).rotorConfirm(record, at).catch(() => {})
-    return { status, rotatedAtMs: Number(at) }
+    return { status, rotatedAtMs: Number(at), evicted }
   }
 
   async state (ref: TokenRef): Promise<TokenState> {
@@ -107,11 +167,43 @@ export class RedisDenylist implements Denylist {
   }
 
   async revokeSession (ref: TokenRef, ttlMs: number): Promise<void> {
-    await this.write('set', this.key(ref.sub, 's', ref.sid), '1', 'PX', Math.max(1, Math.ceil(ttlMs)))
+    await this.write('rotorRevokeSession', this.key(ref.sub, 's', ref.sid), ...this.indexKeys(ref.sub),
+      Math.max(1, Math.ceil(ttlMs)), ref.sid, this.sessions.leewaySec)
   }
 
   async revokeSubject (sub: string, untilUs: number, ttlMs: number): Promise<void> {
-    await this.write('rotorRevokeSubject', this.key(sub, 'u'), untilUs, Math.max(1, Math.ceil(ttlMs)))
+    await this.write('rotorRevokeSubject', this.key(sub, 'u'), ...this.indexKeys(sub),
+      untilUs, Math.max(1, Math.ceil(ttlMs)), `${this.prefix}{${hashTag(sub)}}`, Date.now(), this.sessions.leewaySec)
+  }
+
+  /**
+   * Over the side connection: issuance waits for it only briefly (a write that reaches Redis
+   * after Rotor gave up does nothing: see RECORD_SESSION), and many issues share one write. No
+   * WAIT for replicas (the index is kept best-effort at issuance: see src/sessions.ts),
+   * and its failures say nothing of the store's health (its own connection does).
+   */
+  async recordSession (sub: string, entry: SessionEntry, nowMs: number): Promise<Evicted> {
+    const send = (this.side as unknown as { rotorRecordSession: Send }).rotorRecordSession
+    try {
+      return await (send.call(this.side, ...this.indexArgs(sub, nowMs),
+        entry.sid, entryHead(entry), entry.device ?? '', entry.expiresAt, this.sessions.maxPerSubject,
+        Math.floor(Date.now() + this.clockOffsetMs + RECORD_DEADLINE_MS)) as Promise<Evicted>)
+    } catch (error) {
+      throw new StoreUnavailableError((error as Error).message)
+    }
+  }
+
+  async listSessions (sub: string, nowMs: number): Promise<SessionEntry[]> {
+    const send = (this.client as unknown as { rotorListSessions: Send }).rotorListSessions
+    const flat = await this.guard(send.call(this.client, ...this.indexArgs(sub, nowMs)) as Promise<string[]>)
+    const sessions: SessionEntry[] = []
+    for (let i = 0; i + 1 < flat.length; i += 2) sessions.push(entryOf(flat[i] as string, flat[i + 1] as string))
+    return sessions
+  }
+
+  async endSessions (sub: string, which: { sids: string[] } | { except: string }, nowMs: number): Promise<string[]> {
+    const selection = 'sids' in which ? ['only', ...which.sids] : ['except', which.except]
+    return await this.write('rotorEndSessions', ...this.indexArgs(sub, nowMs), ...selection) as string[]
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {

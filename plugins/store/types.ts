@@ -10,6 +10,37 @@ export interface TokenRef {
   issuedUs: number
 }
 
+/**
+ * One session as the subject's index lists it. Kept in the same atomic steps as the denylist:
+ * written at issuance and at every rotation, gone once the session expired or was revoked.
+ */
+export interface SessionEntry {
+  sid: string
+  /** When the session was issued (µs): `created_at` and `auth_time` are its second. */
+  createdUs: number
+  /** When a pair was last minted for it (s): the issuance, then every rotation. */
+  lastRefreshedAt: number
+  /** Its refresh token's `exp` (s), which never passes SESSION_MAX_TTL. */
+  expiresAt: number
+  /** The name of the API key that issued it; null for legacy exchanges and sessions before Rotor 0.3. */
+  clientId: string | null
+  /** The label the backend gave at issuance (≤ 128 characters), or null. */
+  device: string | null
+}
+
+/** What the index does when it writes: the subject's cap, and how long the revocations it writes must last. */
+export interface SessionIndexSettings {
+  /** MAX_SESSIONS_PER_SUBJECT: one more ends the subject's oldest. */
+  maxPerSubject: number
+  /** LEEWAY (s): a session lives until its expiresAt plus this. */
+  leewaySec: number
+  /** How far past its refresh token an access token of the session may live (s): max(0, access TTL − refresh TTL). */
+  accessOverhangSec: number
+}
+
+/** A session the index ended to make room for a newer one (MAX_SESSIONS_PER_SUBJECT). */
+export type Evicted = string[]
+
 export interface RotateInput extends TokenRef {
   /** The id the successor refresh token gets (derived): once it is rotated too, the window is over. */
   childJti: string
@@ -21,10 +52,12 @@ export interface RotateInput extends TokenRef {
   enforce: boolean
   /** How long a session revocation must last for every token of the session to have expired. */
   sessionTtlMs: number
+  /** The session as the index lists it after this rotation (its successor's expiry, refreshed now). */
+  entry: SessionEntry
 }
 
 export type RotateOutcome =
-  | { status: 'rotated' | 'grace', rotatedAtMs: number }
+  | { status: 'rotated' | 'grace', rotatedAtMs: number, evicted: Evicted }
   | { status: 'reused' | 'revoked' }
 
 export type TokenState = 'active' | 'revoked' | 'rotated'
@@ -54,9 +87,27 @@ export interface Denylist {
   rotate: (input: RotateInput) => Promise<RotateOutcome>
   state: (ref: TokenRef) => Promise<TokenState>
   revokeToken: (ref: TokenRef, ttlMs: number) => Promise<void>
+  /** Revokes a session (its refresh tokens and access tokens) and drops it from the index. */
   revokeSession: (ref: TokenRef, ttlMs: number) => Promise<void>
-  /** Every session of `sub` issued at or before `untilUs` is revoked (the mark only moves forward). */
+  /** Every session of `sub` issued at or before `untilUs` is revoked (the mark only moves forward) and leaves the index. */
   revokeSubject: (sub: string, untilUs: number, ttlMs: number) => Promise<void>
+  /**
+   * Lists a new session in its subject's index (or updates it), in one atomic step that also
+   * drops the expired ones and, past MAX_SESSIONS_PER_SUBJECT, revokes the oldest others.
+   *
+   * @returns the sids revoked to make room (usually none)
+   * @throws StoreUnavailableError when the store cannot be reached
+   */
+  recordSession: (sub: string, entry: SessionEntry, nowMs: number) => Promise<Evicted>
+  /** The subject's live sessions, newest first (by issuance). */
+  listSessions: (sub: string, nowMs: number) => Promise<SessionEntry[]>
+  /**
+   * Ends the listed sessions of `sub` named by `sids`, or all of them but `except`: each is revoked
+   * and leaves the index, atomically. Sessions not listed (unknown, ended, expired) are left alone.
+   *
+   * @returns the sids it ended
+   */
+  endSessions: (sub: string, which: { sids: string[] } | { except: string }, nowMs: number) => Promise<string[]>
   /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
   consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
   /**

@@ -4,7 +4,8 @@ import { IntrospectionSchema, IssueBodySchema, RefreshBodySchema, TokenBodySchem
 import { contextOf } from '../context.js'
 import type { Config } from '../config.js'
 import { AppError } from '../../plugins/errors.js'
-import { refreshFor } from './refreshing.js'
+import { countListing, refreshFor } from './refreshing.js'
+import { entryOf, recordSession } from '../sessions.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
 import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../minting.js'
@@ -31,7 +32,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 403, 413, 415, 429) }
     }
   }, async (request) => {
-    const { sub, claims = {}, aud } = request.body
+    const { sub, claims = {}, aud, device } = request.body
     // A lone surrogate: text JSON can carry but UTF-8 (so Redis, and most backends) cannot.
     if (!sub.isWellFormed()) throw new AppError('invalid_request', 'sub must be well-formed Unicode (it has a lone surrogate)')
     const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
@@ -49,6 +50,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     if (longest > MAX_TOKEN_LENGTH) {
       throw new AppError('invalid_request', `claims make a token of ${longest} characters; Rotor accepts tokens of at most ${MAX_TOKEN_LENGTH}: send fewer or shorter claims`)
     }
+    const ctx = contextOf(request)
+    countListing(app.metrics, await recordSession(ctx, entryOf(ctx, session, nowSec, device ?? null), sub, Math.floor(issuedUs / 1000)))
     app.metrics.issued.inc()
     request.log.info({ event: 'token.issued', sub, sid: session.sid, jti: ids.refresh }, 'pair issued')
     return pair

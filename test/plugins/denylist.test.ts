@@ -23,8 +23,16 @@ test('refresh records the old jti with a TTL equal to its remaining life', async
   const response = await refreshWith(app, pair.refresh_token)
   t.equal(response.statusCode, 200)
   const keys = await keysWithTtl(app.config.redisKeyPrefix)
-  const recorded = [...keys].filter(([key]) => !key.includes(':rl:') && !key.endsWith(':store:epoch'))
+  const recorded = [...keys].filter(([key]) => !key.includes(':rl:') && !key.endsWith(':store:epoch') && !key.includes(':sessions'))
   t.equal(recorded.length, 1, 'one record per rotation')
+  // The session index: two keys, none outliving the session's newest refresh token.
+  const successor = decodeJwt(response.json<Pair>().refresh_token).payload
+  const index = [...keys].filter(([key]) => key.includes(':sessions'))
+  t.same(index.map(([key]) => key.slice(key.indexOf('}') + 1)).sort(), [':sessions', ':sessions:by-expiry'], 'the session index')
+  for (const [key, pttl] of index) {
+    const untilExp = (successor['exp'] as number) * 1000 - Date.now()
+    t.ok(pttl > 0 && Math.abs(pttl - untilExp) < 2000, `${key.slice(key.indexOf('}') + 1)} lives until the session's expiry (${pttl} ≈ ${untilExp} ms)`)
+  }
   const [key, ttl] = recorded[0] ?? ['', 0]
   t.ok(key.endsWith(`:j:${String(old['jti'])}`), 'keyed by the old jti')
   t.ok(key.includes('{ttl-user}'), 'hash-tagged by subject')

@@ -4,7 +4,8 @@ import { API_KEY, build, introspectToken, issue, refreshWith, type Pair } from '
 
 const ISSUED_US = 1_796_000_000_000_000
 const ref = { sub: 's', sid: 'sid-1', jti: 'jti-1', issuedUs: ISSUED_US }
-const rotation = { ...ref, childJti: 'jti-2', ttlMs: 1000, graceMs: 0, enforce: true, sessionTtlMs: 5000 }
+const entry = { sid: 'sid-1', createdUs: ISSUED_US, lastRefreshedAt: 0, expiresAt: 2_000_000_000, clientId: null, device: null }
+const rotation = { ...ref, childJti: 'jti-2', ttlMs: 1000, graceMs: 0, enforce: true, sessionTtlMs: 5000, entry }
 
 test('the in-process store: revocations work as with Redis', async (t) => {
   const app = await build(t, { REDIS_URL: '' })

@@ -355,8 +355,8 @@ test('rate-limit counters in Redis are named for their budget, live under REDIS_
   await issueWith(app, WRONG_KEY)
   const redis = new Redis(REDIS_URL)
   t.teardown(() => { redis.disconnect() })
-  // Rate-limit counters only (the denylist's store marker lives as long as the longest token).
-  const keys = (await redis.keys(`${prefix}*`)).filter((key) => !key.endsWith(':store:epoch')).sort()
+  // Rate-limit counters only (the denylist's store marker and the issued session's index live as long as its tokens).
+  const keys = (await redis.keys(`${prefix}*`)).filter((key) => !key.endsWith(':store:epoch') && !key.includes('}:sessions')).sort()
   t.same(keys, [`${prefix}rl:anon:127.0.0.1`, `${prefix}rl:ip:127.0.0.1`, `${prefix}rl:key:${nameOfSecret(API_KEY)}`].sort(),
     'one counter per budget: the address, the API key, the address of calls without a valid key')
   for (const key of keys) {
