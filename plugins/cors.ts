@@ -10,7 +10,7 @@ export default fp(async function corsPlugin (app, opts: { origins: string[] }) {
   const origins = new Set(opts.origins)
   await app.register(cors, {
     origin: (origin, callback) => { callback(null, origin !== undefined && origins.has(origin)) },
-    methods: ['POST'],
+    methods: ['GET', 'POST', 'DELETE'],
     allowedHeaders: ['content-type', 'authorization'],
     exposedHeaders: ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
     credentials: false,

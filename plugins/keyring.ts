@@ -65,14 +65,19 @@ const ACCESS_VERIFICATION_CACHE = 10_000
 
 const REQUIRED_CLAIMS = ['iss', 'sub', 'iat', 'exp', 'jti', 'sid', 'auth_time', 'token_type']
 
-function buildState ({ active, keys }: KeySet, settings: VerifierSettings): KeyringState {
-  const jwks = { keys: keys.flatMap((key) => key.publicJwk === null ? [] : [key.publicJwk]) }
-  const common = {
+/** What every verifier of Rotor's tokens checks beyond the signature (fast-jwt's options). */
+function commonChecks (settings: VerifierSettings): { allowedIss: string, allowedAud?: string[], clockTolerance: number, requiredClaims: string[] } {
+  return {
     allowedIss: settings.issuer,
     ...(settings.audience.length > 0 ? { allowedAud: settings.audience } : {}),
     clockTolerance: settings.leeway * 1000,
     requiredClaims: REQUIRED_CLAIMS
   }
+}
+
+function buildState ({ active, keys }: KeySet, settings: VerifierSettings): KeyringState {
+  const jwks = { keys: keys.flatMap((key) => key.publicJwk === null ? [] : [key.publicJwk]) }
+  const common = commonChecks(settings)
   const verifiers = new Map<string, VerifierEntry>()
   for (const key of keys) {
     verifiers.set(key.kid, {
@@ -198,10 +203,34 @@ export class Keyring {
       if (code === TokenError.codes.expired) return new TokenRejectedError('token_expired', 'the token has expired')
       return new TokenRejectedError('token_invalid', REFUSALS[code] ?? 'malformed token')
     }
-    if (payload['token_type'] !== entry.type) return new TokenRejectedError('token_invalid', 'wrong token_type claim')
+    return this.refusalOf(payload, entry.type, now) ?? { type: entry.type, payload, key: entry.key }
+  }
+
+  /**
+   * What Rotor checks of a token's claims once its signature and registered claims verified
+   * (check() does, and so do the session routes after @fastify/jwt): its type, the types of the
+   * claims Rotor sets, an `iat` not in the future. Null when they hold.
+   */
+  refusalOf (payload: Payload, type: TokenType, now = Date.now()): TokenRejectedError | null {
+    if (payload['token_type'] !== type) return new TokenRejectedError('token_invalid', 'wrong token_type claim')
     if (!hasSessionClaims(payload)) return new TokenRejectedError('token_invalid', 'a claim Rotor sets has the wrong type')
     if (payload['iat'] * 1000 > now + this.settings.leeway * 1000) return new TokenRejectedError('token_invalid', 'the token was issued in the future')
-    return { type: entry.type, payload, key: entry.key }
+    return null
+  }
+
+  /**
+   * The key an access token names by its `kid` (its verifying key and algorithm), or undefined when
+   * it names none of Rotor's access-token keys: how a verifier other than check() (@fastify/jwt, on
+   * the session routes) finds its key, through the same lookup.
+   */
+  accessKey (kid: unknown): KeyMaterial | undefined {
+    const entry = typeof kid === 'string' ? this.state.verifiers.get(kid) : undefined
+    return entry?.type === 'access' ? entry.key : undefined
+  }
+
+  /** fast-jwt's options for an access token of Rotor's, but the key and algorithm: issuer, audience, leeway, required claims, `typ`. */
+  get accessChecks (): ReturnType<typeof commonChecks> & { checkTyp: string } {
+    return { ...commonChecks(this.settings), checkTyp: TYP.access }
   }
 
   /** A token id derived from another one: same input and key, same id, on every instance. */

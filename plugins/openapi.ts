@@ -28,7 +28,8 @@ export default fp(async function openapiPlugin (app) {
       components: {
         securitySchemes: {
           apiKey: { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS' },
-          basic: { type: 'http', scheme: 'basic', description: 'An API key of API_KEYS as HTTP Basic: its name, then its secret' }
+          basic: { type: 'http', scheme: 'basic', description: 'An API key of API_KEYS as HTTP Basic: its name, then its secret' },
+          accessToken: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'The user\'s own Rotor access token' }
         }
       }
     }

@@ -16,6 +16,7 @@ import rateLimitPlugin from '../plugins/rate-limit.js'
 import legacyTokensPlugin from '../plugins/legacy-tokens.js'
 import tokenRoutes from './routes/tokens.js'
 import subjectRoutes from './routes/subjects.js'
+import sessionRoutes from './routes/sessions.js'
 import wellKnownRoutes from './routes/well-known.js'
 import healthRoutes from './routes/health.js'
 import simpleJwtRoutes from './routes/simplejwt.js'
@@ -85,6 +86,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
 
   await app.register(tokenRoutes)
   await app.register(subjectRoutes)
+  await app.register(sessionRoutes)
   await app.register(wellKnownRoutes)
   await app.register(healthRoutes)
   if (config.compatSimpleJwt) await app.register(simpleJwtRoutes)

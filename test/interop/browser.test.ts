@@ -264,6 +264,35 @@ test('a real browser logs in, refreshes, survives an access-token expiry and log
     t.same(await call(page, 'blacklist'), { status: 401, body: { detail: 'Token is invalid or expired', code: 'token_not_valid' } }, 'a second blacklist: SimpleJWT\'s 401')
   })
 
+  t.test('a "your devices" page lists the user\'s sessions and ends another device, cross-origin with the access token', async (t) => {
+    const laptop = await open(t, browser, SITE, rotor)
+    const phone = await open(t, browser, SITE, rotor)
+    await call(phone.page, 'login', 'grace', PASSWORD)
+    await call(laptop.page, 'login', 'grace', PASSWORD)
+    const phoneTokens = await call(phone.page, 'tokens')
+    // An Authorization header makes every one of these calls preflighted: that fetch reads the
+    // answers at all proves CORS allowed the method and the header (a refusal rejects, see below).
+    const devices = async (method: string, path: string): Promise<Answer> => laptop.page.evaluate(async ([rotorUrl, verb, route]) => {
+      const app = (globalThis as unknown as { app: { tokens: () => { access: string } } }).app
+      const response = await fetch(`${rotorUrl}${route}`, { method: verb, headers: { authorization: `Bearer ${app.tokens().access}` } })
+      return { status: response.status, body: await response.json() as Record<string, unknown> }
+    }, [rotor, method, path] as const)
+
+    const listed = await devices('GET', '/v1/sessions')
+    t.equal(listed.status, 200, 'the page reads its sessions')
+    const sessions = listed.body['sessions'] as Array<{ sid: string, current: boolean }>
+    const phoneSid = String(decodeJwt(String(phoneTokens?.refresh)).payload['sid'])
+    t.same(sessions.map((session) => session.current), [true, false], 'this one (newest) marked current')
+    t.equal(sessions[1]?.sid, phoneSid, 'the other is the phone')
+    t.same(await devices('DELETE', `/v1/sessions/${phoneSid}`), { status: 200, body: {} }, 'the page ends the phone\'s session')
+    t.same(await call(phone.page, 'refresh'), { status: 401, body: { detail: 'Token is blacklisted', code: 'token_not_valid' } }, 'the phone is logged out')
+    t.same(await devices('DELETE', `/v1/sessions/${phoneSid}`), {
+      status: 404, body: { statusCode: 404, code: 'not_found', error: 'Not Found', message: 'no such session: unknown, ended or expired' }
+    }, 'a second time: the page reads the 404')
+    t.same(await devices('POST', '/v1/sessions/revoke-others'), { status: 200, body: {} }, 'log out my other devices')
+    t.equal((await call(laptop.page, 'refresh')).status, 200, 'this device goes on')
+  })
+
   t.test('a page served on another port is refused by CORS: fetch rejects with a TypeError and cannot read Rotor\'s answer', async (t) => {
     const otherPort = await serve(t, 0, site(rotor, html))
     const other = `http://localhost:${otherPort}`

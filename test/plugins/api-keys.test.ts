@@ -100,9 +100,17 @@ const SCOPED = {
   ].join(',')
 }
 
-async function call (app: FastifyInstance, route: 'issue' | 'introspect' | 'oauth-introspect' | 'revoke', secret: string): Promise<import('light-my-request').Response> {
+const ROUTES = ['issue', 'introspect', 'oauth-introspect', 'revoke', 'list-sessions', 'end-session'] as const
+
+async function call (app: FastifyInstance, route: typeof ROUTES[number], secret: string): Promise<import('light-my-request').Response> {
   const authorization = `Bearer ${secret}`
   switch (route) {
+    case 'list-sessions': return app.inject({ method: 'GET', url: '/v1/subjects/alice/sessions', headers: { authorization } })
+    case 'end-session': {
+      // A session of alice's to end: each allowed call ends one (an unknown sid would be a 404).
+      const { sid } = (await app.inject({ method: 'GET', url: '/v1/subjects/alice/sessions', headers: { authorization: `Bearer ${API_KEY}` } })).json<{ sessions: Array<{ sid: string }> }>().sessions[0] ?? { sid: 'none' }
+      return app.inject({ method: 'DELETE', url: `/v1/subjects/alice/sessions/${sid}`, headers: { authorization } })
+    }
     case 'issue': return app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization }, payload: { sub: 'alice' } })
     case 'introspect': return app.inject({ method: 'POST', url: '/v1/tokens/introspect', headers: { authorization }, payload: { token: 'x' } })
     case 'oauth-introspect': return app.inject({ method: 'POST', url: '/oauth2/introspect', headers: { authorization, 'content-type': 'application/x-www-form-urlencoded' }, payload: 'token=x' })
@@ -113,13 +121,16 @@ async function call (app: FastifyInstance, route: 'issue' | 'introspect' | 'oaut
 test('a key does what its scopes allow, and gets 403 insufficient_scope for the rest; no scopes is every scope', async (t) => {
   const app = await build(t, SCOPED)
   const allowed: Record<string, Array<Parameters<typeof call>[1]>> = {
-    [API_KEY]: ['issue', 'introspect', 'oauth-introspect', 'revoke'],
+    [API_KEY]: [...ROUTES],
     'issuer-secret-0123456789': ['issue'],
     'reader-secret-0123456789': ['introspect', 'oauth-introspect'],
-    'support-secret-0123456789': ['revoke']
+    'support-secret-0123456789': ['revoke', 'list-sessions', 'end-session']
   }
   for (const [secret, routes] of Object.entries(allowed)) {
-    for (const route of ['issue', 'introspect', 'oauth-introspect', 'revoke'] as const) {
+    for (const route of ROUTES) {
+      // Sessions to list and end: issued after any "log out everywhere" a revoke before made.
+      await new Promise((resolve) => setTimeout(resolve, 2))
+      await call(app, 'issue', API_KEY)
       const response = await call(app, route, secret)
       const label = `${secret.slice(0, 7)} on ${route}`
       if (routes.includes(route)) {
@@ -130,9 +141,9 @@ test('a key does what its scopes allow, and gets 403 insufficient_scope for the 
         if (route === 'oauth-introspect') {
           t.equal(body['error'], 'insufficient_scope', `${label}: RFC 6750's code in RFC 6749's shape`)
         } else {
-          t.match(body, { statusCode: 403, code: 'insufficient_scope', error: 'Forbidden', message: /needs the (issue|introspect|revoke) scope/ }, `${label}: the envelope`)
+          t.match(body, { statusCode: 403, code: 'insufficient_scope', error: 'Forbidden', message: /needs the (issue|introspect|revoke|sessions) scope/ }, `${label}: the envelope`)
         }
-        t.match(response.headers['www-authenticate'], /^Bearer error="insufficient_scope", scope="(issue|introspect|revoke)"$/, `${label}: the scope it needs`)
+        t.match(response.headers['www-authenticate'], /^Bearer error="insufficient_scope", scope="(issue|introspect|revoke|sessions)"$/, `${label}: the scope it needs`)
       }
     }
   }

@@ -10,7 +10,8 @@ const ROUTES = [
   ['POST', '/api/auth/token/verify/'], ['POST', '/api/auth/token/blacklist/'], ['GET', '/.well-known/jwks.json'],
   ['GET', '/health/ready'], ['GET', '/metrics'], ['OPTIONS', '/v1/tokens/refresh'], ['GET', '/v1/tokens'], ['DELETE', '/v1/tokens/refresh'],
   ['POST', '/oauth2/token'], ['POST', '/oauth2/revoke'], ['POST', '/oauth2/introspect'], ['GET', '/.well-known/oauth-authorization-server'],
-  ['OPTIONS', '/oauth2/token']
+  ['OPTIONS', '/oauth2/token'], ['GET', '/v1/sessions'], ['DELETE', '/v1/sessions/AQAAAAAAAAAAAAAAAAAAAAA'], ['POST', '/v1/sessions/revoke-others'],
+  ['GET', '/v1/subjects/alice/sessions'], ['DELETE', '/v1/subjects/alice/sessions/%E0%A4%A'], ['OPTIONS', '/v1/sessions']
 ] as const
 
 /** A real token with one character changed, a segment dropped or duplicated, or padding added. */
@@ -46,6 +47,7 @@ test('generated requests at every route of a running server: never a 5xx but 503
   const rawBody = fc.oneof(body, form, fc.string({ maxLength: 200 }), fc.constant(''), fc.constant('{"__proto__":{"a":1}}'), fc.constant('{"a":1,"a":2}'), fc.constant('a=%zz&b=%&=&&'))
   const contentType = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', 'application/JSON', undefined)
   const authorization = fc.oneof(fc.constant(undefined), fc.constant(`Bearer ${API_KEY}`), fc.string({ maxLength: 100 }).map((text) => `Bearer ${text}`), fc.string({ maxLength: 60 }),
+    fc.constant(`Bearer ${pair.access_token}`), mutated(pair.access_token).map((text) => `Bearer ${text}`),
     fc.string({ maxLength: 60 }).map((text) => `Basic ${Buffer.from(text).toString('base64')}`), fc.string({ maxLength: 60 }).map((text) => `Basic ${text}`))
   const origin = fc.constantFrom(undefined, 'http://localhost:3000', 'http://evil.example', 'null')
 

@@ -1,7 +1,7 @@
 // What a test sends a running Rotor: the shared rotation and revocation check, a burst of one
 // refresh token, and steady refresh traffic from many users.
 import type { FastifyInstance } from 'fastify'
-import { API_KEY, introspectToken, issue, refreshWith, type Pair } from './app.js'
+import { API_KEY, decodeJwt, introspectToken, issue, refreshWith, type Pair } from './app.js'
 import type { Assertions, Test } from './tap.js'
 
 /**
@@ -24,6 +24,31 @@ export async function checkRotationAndRevocation (t: Test & Assertions, app: Fas
   const everywhere = await issue(app, { sub: 'everywhere' })
   await app.inject({ method: 'POST', url: '/v1/subjects/everywhere/revoke', headers: { authorization: `Bearer ${API_KEY}` } })
   t.equal((await refreshWith(app, everywhere.refresh_token)).json().code, 'token_revoked', 'log out everywhere ends the session')
+}
+
+/**
+ * The session index on a Redis shape (the app runs with MAX_SESSIONS_PER_SUBJECT=2): per subject,
+ * a third session ends the oldest; the sessions are listed newest first, ended one by one by a
+ * backend and by their user, and log-out-everywhere empties the list. Every record of a subject
+ * is in its hash slot, so this holds on a Cluster for any subject.
+ */
+export async function checkSessions (t: Test & Assertions, app: FastifyInstance, subjects: string[]): Promise<void> {
+  const backend = { authorization: `Bearer ${API_KEY}` }
+  for (const sub of subjects) {
+    const path = `/v1/subjects/${encodeURIComponent(sub)}/sessions`
+    const listed = async (): Promise<string[]> => (await app.inject({ method: 'GET', url: path, headers: backend })).json<{ sessions: Array<{ sid: string }> }>().sessions.map((session) => session.sid)
+    const [oldest, middle, newest] = [await issue(app, { sub, device: 'a' }), await issue(app, { sub, device: 'b' }), await issue(app, { sub, device: 'c' })]
+    const sid = (pair: Pair): string => String(decodeJwt(pair.refresh_token).payload['sid'])
+    t.same(await listed(), [sid(newest), sid(middle)], `${sub}: the two newest are listed`)
+    t.equal((await refreshWith(app, oldest.refresh_token)).json().code, 'token_revoked', `${sub}: the oldest was ended to make room`)
+    const ended = await app.inject({ method: 'DELETE', url: `${path}/${sid(middle)}`, headers: backend })
+    t.equal(ended.statusCode, 200, `${sub}: a backend ends one`)
+    t.equal((await refreshWith(app, middle.refresh_token)).json().code, 'token_revoked', `${sub}: it stops`)
+    const mine = await app.inject({ method: 'GET', url: '/v1/sessions', headers: { authorization: `Bearer ${newest.access_token}` } })
+    t.same(mine.json<{ sessions: Array<{ sid: string, current: boolean }> }>().sessions.map((session) => [session.sid, session.current]), [[sid(newest), true]], `${sub}: the user sees the one left`)
+    await app.inject({ method: 'POST', url: `/v1/subjects/${encodeURIComponent(sub)}/revoke`, headers: backend })
+    t.same(await listed(), [], `${sub}: log out everywhere empties the list`)
+  }
 }
 
 /** The same refresh token sent `count` times at once over real sockets; the statuses, in order. */

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { API_KEY, build, introspectToken, issue, listen, refreshWith } from '../support/app.js'
 import { redisCommand, startCluster } from '../support/redis.js'
-import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
+import { checkRotationAndRevocation, checkSessions, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
 import { until } from '../support/wait.js'
 
 // One cluster for the file (3 masters, each with a replica); the failover test comes last.
@@ -25,6 +25,11 @@ test('on a Redis Cluster with replicas', async (t) => {
       t.equal(everywhere.statusCode, 200, `${sub}: log out everywhere`)
       t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_revoked', `${sub}: ends its session`)
     }
+  })
+
+  await t.test('sessions are listed, capped and ended per subject, whichever slot it hashes to', async (t) => {
+    const capped = await build(t, { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes, MAX_SESSIONS_PER_SUBJECT: '2' })
+    await checkSessions(t, capped, ['alice', 'bob', 'carol', 'dave', '}x', 'a}b{c', '~x', 'émile ✓'])
   })
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { build, decodeJwt, introspectToken, issue, listen } from '../support/app.js'
 import { redisCommand, startSentinel } from '../support/redis.js'
-import { checkRotationAndRevocation, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
+import { checkRotationAndRevocation, checkSessions, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
 import { until } from '../support/wait.js'
 
 // One primary, one replica, one sentinel for the file; the failover test comes last.
@@ -13,6 +13,11 @@ test('behind Redis Sentinel', async (t) => {
 
   await t.test('rotation, reuse, revocation and log-out-everywhere work as on one node', async (t) => {
     await checkRotationAndRevocation(t, app, ['alice', 'bob'])
+  })
+
+  await t.test('sessions are listed, capped and ended as on one node', async (t) => {
+    const capped = await build(t, { REDIS_URL: '', REDIS_SENTINELS: redis.sentinels, REDIS_SENTINEL_NAME: 'rotor', MAX_SESSIONS_PER_SUBJECT: '2' })
+    await checkSessions(t, capped, ['alice', 'bob'])
   })
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
