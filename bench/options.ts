@@ -12,6 +12,8 @@ export interface Options {
   scenarios: ScenarioName[]
   scenariosGiven: boolean
   denylistSizes: number[]
+  /** --session-memory: sessions per subject to weigh the session index at; empty: not measured. */
+  sessionMemory: number[]
   soak: number | null
   replication: boolean
   serverEnv: Record<string, string>
@@ -21,7 +23,7 @@ export interface Options {
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
+         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
 
 class UsageError extends Error {}
 
@@ -32,12 +34,14 @@ function positive (name: string, text: string | undefined, fallback: number, min
   return value
 }
 
-function count (text: string): number {
-  const match = /^(\d+(?:\.\d+)?)([km]?)$/i.exec(text.trim())
-  if (match === null) throw new UsageError(`--denylist-sizes: "${text}" is not a count (e.g. 10000, 10k, 1m)`)
-  const value = Number(match[1]) * ({ '': 1, k: 1e3, m: 1e6 }[String(match[2]).toLowerCase()] ?? 1)
-  if (!Number.isInteger(value) || value < 1) throw new UsageError(`--denylist-sizes: "${text}" is not a whole positive count`)
-  return value
+function counts (option: string, text: string | undefined): number[] {
+  return (text ?? '').split(',').filter((s) => s.trim() !== '').map((item) => {
+    const match = /^(\d+(?:\.\d+)?)([km]?)$/i.exec(item.trim())
+    if (match === null) throw new UsageError(`--${option}: "${item}" is not a count (e.g. 10000, 10k, 1m)`)
+    const value = Number(match[1]) * ({ '': 1, k: 1e3, m: 1e6 }[String(match[2]).toLowerCase()] ?? 1)
+    if (!Number.isInteger(value) || value < 1) throw new UsageError(`--${option}: "${item}" is not a whole positive count`)
+    return value
+  })
 }
 
 export function parseOptions (argv: string[]): Options {
@@ -51,6 +55,7 @@ export function parseOptions (argv: string[]): Options {
       connections: { type: 'string' },
       scenarios: { type: 'string' },
       'denylist-sizes': { type: 'string' },
+      'session-memory': { type: 'string' },
       soak: { type: 'string' },
       replication: { type: 'boolean' },
       'server-env': { type: 'string', multiple: true },
@@ -77,16 +82,18 @@ export function parseOptions (argv: string[]): Options {
     if (at < 1) throw new UsageError(`--server-env ${pair}: expected KEY=VALUE`)
     serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
   }
-  const denylistSizes = values['denylist-sizes'] === undefined ? [] : values['denylist-sizes'].split(',').filter((s) => s.trim() !== '').map(count)
+  const denylistSizes = counts('denylist-sizes', values['denylist-sizes'])
   const replication = values.replication === true
+  const sessionMemory = counts('session-memory', values['session-memory'])
   if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
   return {
     duration: positive('duration', values.duration, 10),
     warmup: positive('warmup', values.warmup, 2, 0),
     connections: Math.floor(positive('connections', values.connections, 32)),
-    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || replication ? [] : [...SCENARIO_NAMES],
+    scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || sessionMemory.length > 0 || replication ? [] : [...SCENARIO_NAMES],
     scenariosGiven: scenarios.length > 0,
     denylistSizes,
+    sessionMemory,
     soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
     replication,
     serverEnv,

@@ -8,6 +8,8 @@
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
  *                         refresh; prints bytes per record. Accepts 10k, 1m.
+ *   --session-memory N,M  bytes per session of the session index in Redis, for subjects holding N (then M)
+ *                         sessions each (20,000 sessions per measurement; nothing timed)
  *   --soak SECONDS        only refresh: its maximum rate, then half of it for SECONDS, reporting the
  *                         server's memory and the interval's p99 every minute (every 10 s below 300 s)
  *   --replication         the cost of guarding against asynchronous-replication loss, on refresh:
@@ -36,6 +38,7 @@ import { runReplication, type ReplicationReport } from './replication-cost.js'
 import { fmtInt, fmtMiB, loudFailures, shortCount } from './report.js'
 import { denylistTable, describeMachine, resultsTable, writeResults, type DenylistRow } from './results.js'
 import { runScenario, scenario, type ScenarioResult } from './scenarios.js'
+import { measureSessionMemory, sessionMemoryTable, type SessionMemoryRow } from './session-memory.js'
 import { runSoak, type SoakReport } from './soak.js'
 import { removeKeysFiles } from './tokens.js'
 
@@ -43,7 +46,7 @@ import { removeKeysFiles } from './tokens.js'
 async function benchmark (run: RunContext): Promise<number> {
   const startedAt = new Date()
   // --replication alone (hello and its own redis-servers) never touches the shared Redis.
-  const needsShared = run.options.soak !== null || run.options.denylistSizes.length > 0 || run.options.scenarios.some((name) => name !== 'hello')
+  const needsShared = run.options.soak !== null || run.options.denylistSizes.length > 0 || run.options.sessionMemory.length > 0 || run.options.scenarios.some((name) => name !== 'hello')
   if (needsShared) {
     try {
       run.redis = await connectRedis(run.options.redisUrl)
@@ -61,6 +64,7 @@ async function benchmark (run: RunContext): Promise<number> {
   const denylist: DenylistRow[] = []
   let soak: SoakReport | null = null
   let replication: ReplicationReport | null = null
+  let sessionMemory: SessionMemoryRow[] = []
   let ceilingRps: number | null = null
 
   if (run.options.soak !== null) {
@@ -85,6 +89,7 @@ async function benchmark (run: RunContext): Promise<number> {
       run.say(`  Redis used_memory before fill ${fmtMiB(before)}, after cleanup ${fmtMiB(after)}`)
     }
     if (run.options.replication) replication = await runReplication(run, results, ceilingRps)
+    if (run.options.sessionMemory.length > 0) sessionMemory = await measureSessionMemory(run, run.options.sessionMemory)
   }
 
   run.say('')
@@ -93,6 +98,10 @@ async function benchmark (run: RunContext): Promise<number> {
   if (denylist.length > 0) {
     run.say('')
     run.say(denylistTable(denylist))
+  }
+  if (sessionMemory.length > 0) {
+    run.say('')
+    run.say(sessionMemoryTable(sessionMemory))
   }
   if (replication !== null) {
     run.say('')
@@ -118,7 +127,8 @@ async function benchmark (run: RunContext): Promise<number> {
     scenarios: results,
     denylist,
     soak,
-    replication
+    replication,
+    sessionMemory
   })
   if (run.warnings.length > 0) run.say(`\nwarning: ${run.warnings.length} measurement${run.warnings.length === 1 ? ' was' : 's were'} disturbed by other processes (see the "others" column); run again on a quiet machine`)
   run.say(`\nresults: ${file}`)
