@@ -21,8 +21,13 @@
  *   Rotor 0.2) is read as the last microsecond of that second, as revokedUntilUs does.
  * - `alive(index, mark, sid, entry)`: whether a listed session is neither expired nor revoked.
  * - `issuedOf(entry)`: when the session was issued (µs), from its entry.
+ * - `pastDeadline(ms)`: whether Redis's clock is past a deadline Rotor set (it gave up by then).
  */
 const INDEX = `
+local function pastDeadline (deadlineMs)
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(deadlineMs)
+end
 local function subjectMark (key)
   local mark = tonumber(redis.call('GET', key) or '-1')
   if mark >= 0 and mark < 1e11 then mark = (mark + 1) * 1000000 - 1 end
@@ -128,8 +133,7 @@ end
  * writes nothing and answers an error. It is earlier than Rotor's command timeout.
  */
 export const ROTATE = `${INDEX}
-local clock = redis.call('TIME')
-if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[8]) then
+if pastDeadline(ARGV[8]) then
   return redis.error_reply('ROTORLATE the rotation started after its deadline; nothing was recorded')
 end
 local index = indexOf(KEYS[5], KEYS[6], ARGV[9], ARGV[1], ARGV[14], ARGV[15])
@@ -196,8 +200,7 @@ return 1
  * first refresh). Answers the sids the cap ended.
  */
 export const RECORD_SESSION = `${INDEX}
-local clock = redis.call('TIME')
-if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[10]) then
+if pastDeadline(ARGV[10]) then
   return redis.error_reply('ROTORLATE the session was to be listed before its deadline; nothing was recorded')
 end
 local index = indexOf(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])

@@ -3,6 +3,7 @@ import { Redis } from 'ioredis'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
 import { mintAccessToken, sessionOf } from '../../src/minting.js'
+import type { SessionView } from '../../src/sessions.js'
 import { API_KEY, build, decodeJwt, introspectToken, listen, LogCapture, REDIS_URL, refreshWith, type Pair } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
 import { sample, scrape } from '../support/metrics.js'
@@ -12,16 +13,8 @@ import { sample, scrape } from '../support/metrics.js'
  * API key of the `sessions` scope; end users list and end their own with their access token.
  */
 
-interface Listed {
-  sid: string
-  created_at: number
-  auth_time: number
-  last_refreshed_at: number
-  expires_at: number
-  client_id: string | null
-  device: string | null
-  current?: boolean
-}
+/** A listed session; the end-user list adds `current`. */
+type Listed = SessionView & { current?: boolean }
 
 const ISSUER = 'issuer:issuer-secret-0123456789:issue'
 const SUPPORT_SECRET = 'support-secret-0123456789'

@@ -19,6 +19,19 @@ async function call (base: string, method: string, path: string, body?: unknown,
   return { status: response.status, body: await response.json() as Record<string, unknown>, ms: performance.now() - started }
 }
 
+/** Refreshes until served: 503s while the store comes back are fine (the test asserts there are no others). */
+async function refreshUntilServed (t: { equal: (a: unknown, b: unknown, m: string) => unknown }, base: string, refreshToken: string, why: string): Promise<Answer | null> {
+  let refreshed: Answer | null = null
+  for (let i = 0; i < 100 && refreshed?.status !== 200; i++) {
+    refreshed = await call(base, 'POST', '/v1/tokens/refresh', { refresh_token: refreshToken })
+    if (refreshed.status !== 200) {
+      t.equal(refreshed.status, 503, `a 503 while ${why}, never a logout`)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+  return refreshed
+}
+
 const listed = async (base: string, sub: string): Promise<Answer> => call(base, 'GET', `/v1/subjects/${sub}/sessions`, undefined, `Bearer ${API_KEY}`)
 const sidsOf = (answer: Answer): unknown[] => (answer.body['sessions'] as Array<{ sid: string }>).map((session) => session.sid)
 
@@ -47,14 +60,7 @@ test('Redis unreachable (a silent link): issuing answers at once, the session ro
 
   proxy.heal()
   // The redis plugin replaces the connection that went silent; until then, 503s.
-  let refreshed: Answer | null = null
-  for (let i = 0; i < 100 && refreshed?.status !== 200; i++) {
-    refreshed = await call(base, 'POST', '/v1/tokens/refresh', { refresh_token: during.refresh_token })
-    if (refreshed.status !== 200) {
-      t.equal(refreshed.status, 503, 'a 503 while the connection is replaced, never a logout')
-      await new Promise((resolve) => setTimeout(resolve, 100))
-    }
-  }
+  const refreshed = await refreshUntilServed(t, base, during.refresh_token, 'the connection is replaced')
   t.equal(refreshed?.status, 200, 'the session issued during the outage refreshes')
   const after = await listed(base, 'offline')
   t.equal(after.status, 200)
@@ -77,14 +83,7 @@ test('Redis hung (SIGSTOP): issuing answers within the index\'s wait, nobody is 
   t.ok(issued.ms < 1000, `issuing does not wait for a hung Redis past the index's 250 ms (${issued.ms.toFixed(0)} ms)`)
   const pair = issued.body as unknown as Pair
   redis.resume()
-  let refreshed: Answer | null = null
-  for (let i = 0; i < 100 && refreshed?.status !== 200; i++) {
-    refreshed = await call(base, 'POST', '/v1/tokens/refresh', { refresh_token: pair.refresh_token })
-    if (refreshed.status !== 200) {
-      t.equal(refreshed.status, 503, 'a 503 while Redis wakes, never a logout')
-      await new Promise((resolve) => setTimeout(resolve, 100))
-    }
-  }
+  const refreshed = await refreshUntilServed(t, base, pair.refresh_token, 'Redis wakes')
   t.equal(refreshed?.status, 200, 'the session refreshes')
   t.same(sidsOf(await listed(base, 'hung')), [decodeJwt(pair.refresh_token).payload['sid']], 'and is listed')
 })
