@@ -29,8 +29,9 @@ import { API_KEY, build, decodeJwt, type Pair } from '../support/app.js'
  * except a jti recorded with little life left: so with Redis, a rotation in a token's last
  * REDIS_SLACK_MS is not attempted, nor an issue that would end (MAX_SESSIONS) a session that
  * close to its end (the in-process store covers those last moments exactly).
- * The rotation script's deadline is on Redis's clock: the store's offset is re-measured before
- * every refresh, as the app does at every connection.
+ * The rotation and listing scripts' deadlines are on Redis's clock: the store's offset is
+ * re-measured before every refresh and issue, as the app does at every connection (the simulated
+ * clock jumps back at the start of each run).
  */
 
 const ACCESS_TTL_S = 30
@@ -254,6 +255,8 @@ class ModelRun {
       this.log.push('  (skipped: ending a session this close to expiry outlives the frozen clock in Redis)')
       return
     }
+    // Listing a session has a deadline on Redis's clock too: measure it again, as for a refresh.
+    if (this.app.denylist instanceof RedisDenylist) await this.app.denylist.syncClock()
     const response = await this.post('/v1/tokens', { sub }, true)
     this.expect200(response, 'issue')
     const pair = response.json<Pair>()
