@@ -96,19 +96,21 @@ export function mayEvict (policy: string): boolean {
  * A client of Rotor's Redis. `autoPipelining`: commands sent within one turn of the event loop go
  * in one write (ioredis's enableAutoPipelining): a write system call per command was a third of
  * an issue's CPU. Not for the store's own client: a command queued behind a pipeline in flight
- * to a hung Redis waits for two timeouts, past the 2-second promise of a 503.
+ * to a hung Redis waits for two timeouts, past the 2-second promise of a 503. Not on a Cluster
+ * either: there ioredis holds auto-pipelined commands, with no timeout, while it has no slot map
+ * (as during a failover), so a refresh waited for the failover in the rate limiter instead of
+ * answering 503 (the Cluster failover test caught it, under load).
  */
 export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memory' }>, commandTimeout = COMMAND_TIMEOUT_MS, autoPipelining = false): RedisClient {
-  const options = { ...failFast(commandTimeout), enableAutoPipelining: autoPipelining }
+  const options = failFast(commandTimeout)
   switch (setting.kind) {
     case 'single':
-      return new Redis(setting.url, options)
+      return new Redis(setting.url, { ...options, enableAutoPipelining: autoPipelining })
     case 'sentinel':
-      return new Redis({ ...options, sentinels: setting.sentinels, name: setting.name })
+      return new Redis({ ...options, enableAutoPipelining: autoPipelining, sentinels: setting.sentinels, name: setting.name })
     case 'cluster':
       return new Cluster(setting.nodes, {
         enableOfflineQueue: false,
-        enableAutoPipelining: autoPipelining,
         lazyConnect: true,
         clusterRetryStrategy: (times: number) => Math.min(times * 50, 500),
         redisOptions: options
