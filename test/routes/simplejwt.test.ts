@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { createHmac, randomUUID } from 'node:crypto'
-import { build, decodeJwt, issue, refreshWith, type Pair } from '../support/app.js'
+import { API_KEY, build, decodeJwt, issue, refreshWith, type Pair } from '../support/app.js'
 
 const DJANGO_SECRET = 'django-insecure-0123456789abcdefghijklmnopqrstuvwxyz'
 
@@ -104,6 +104,8 @@ test('a SimpleJWT refresh token of the old Django service is exchanged once for 
   t.equal(access.payload['sub'], '42', 'user_id becomes sub, as a string')
   t.equal(access.header['typ'], 'at+jwt', 'a Rotor token now')
   t.equal((await app.inject(post('/api/auth/token/refresh/', { refresh: body.refresh }))).statusCode, 200, 'and it rotates as any Rotor session')
+  const listed = await app.inject({ method: 'GET', url: '/v1/subjects/42/sessions', headers: { authorization: `Bearer ${API_KEY}` } })
+  t.match(listed.json(), { sessions: [{ sid: access.payload['sid'], client_id: null, device: null }] }, 'listed among the user\'s sessions, issued by no API key')
   const second = await app.inject(post('/api/auth/token/refresh/', { refresh: legacy }))
   t.equal(second.statusCode, 401)
   t.equal(second.json().code, 'token_not_valid')
