@@ -73,6 +73,10 @@ export interface Config {
   storeLoss: 'refuse' | 'accept'
   /** A subject's live sessions at most: issuing one more ends its oldest. */
   maxSessionsPerSubject: number
+  /** How old a DPoP proof's `iat` may be (s), LEEWAY beside. */
+  dpopProofMaxAge: number
+  /** DPoP proofs must carry a current server nonce (RFC 9449 §8). */
+  dpopNonces: boolean
 }
 
 declare module 'fastify' {

@@ -11,8 +11,8 @@ export default fp(async function corsPlugin (app, opts: { origins: string[] }) {
   await app.register(cors, {
     origin: (origin, callback) => { callback(null, origin !== undefined && origins.has(origin)) },
     methods: ['GET', 'POST', 'DELETE'],
-    allowedHeaders: ['content-type', 'authorization'],
-    exposedHeaders: ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset'],
+    allowedHeaders: ['content-type', 'authorization', 'dpop'],
+    exposedHeaders: ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'dpop-nonce'],
     credentials: false,
     maxAge: 600,
     // A malformed preflight is answered like any other, not with a text/plain 400.

@@ -9,6 +9,8 @@ import { scrubTokens } from './logging.js'
 /** Every error code of the contract, with its status. The codes are API: never rename one. */
 export const ERROR_CODES = {
   invalid_request: 400,
+  invalid_dpop_proof: 400,
+  use_dpop_nonce: 400,
   invalid_client: 401,
   insufficient_scope: 403,
   token_invalid: 401,
@@ -156,7 +158,7 @@ export function errorHandler (this: unknown, error: unknown, request: FastifyReq
  * whole scope (`app.setErrorHandler(oauthErrorHandler)`), never per call site.
  */
 export type OAuthErrorCode = 'invalid_request' | 'invalid_client' | 'invalid_grant' | 'unsupported_grant_type' |
-  'unsupported_token_type' | 'insufficient_scope' | 'temporarily_unavailable' | 'server_error'
+  'unsupported_token_type' | 'insufficient_scope' | 'temporarily_unavailable' | 'server_error' | 'invalid_dpop_proof' | 'use_dpop_nonce'
 
 /** An error that only the OAuth wire has a word for; elsewhere (metrics, logs) it counts as `code`. */
 export class OAuthOnlyError extends AppError {
@@ -171,6 +173,9 @@ export class OAuthOnlyError extends AppError {
 /** Which RFC 6749 error a contract code is: a refused token is `invalid_grant`, a wait is `temporarily_unavailable`. */
 const OAUTH_CODES: Record<ErrorCode, OAuthErrorCode> = {
   invalid_request: 'invalid_request',
+  // RFC 9449 §5 and §8 name these two for the token endpoint.
+  invalid_dpop_proof: 'invalid_dpop_proof',
+  use_dpop_nonce: 'use_dpop_nonce',
   invalid_client: 'invalid_client',
   // RFC 6750 §3.1's word for it, as RFC 7662 §2.3 has protected resources use.
   insufficient_scope: 'insufficient_scope',

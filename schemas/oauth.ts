@@ -19,7 +19,7 @@ export const OAuthTokenParamsSchema = Type.Object({
 
 export const OAuthTokenResponseSchema = Type.Object({
   access_token: Type.String(),
-  token_type: Type.Literal('Bearer'),
+  token_type: Type.Union([Type.Literal('Bearer'), Type.Literal('DPoP')], { description: 'DPoP for a session bound to a DPoP key (RFC 9449 §5), else Bearer' }),
   expires_in: Type.Integer({ description: 'seconds until the access token expires' }),
   refresh_token: Type.String(),
   refresh_expires_in: Type.Integer({ description: 'seconds until the refresh token expires (beyond RFC 6749)' })

@@ -11,7 +11,11 @@ export const IssueBodySchema = Type.Object({
     description: 'custom claims: carried by the refresh token and copied into every access token'
   })),
   aud: Type.Optional(Audience),
-  device: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'a label for the session, as its "your devices" list shows it (e.g. "Firefox on Linux")' }))
+  device: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'a label for the session, as its "your devices" list shows it (e.g. "Firefox on Linux")' })),
+  dpop_jkt: Type.Optional(Type.String({
+    pattern: '^[A-Za-z0-9_-]{43}$',
+    description: 'binds the session to a DPoP key (RFC 9449): the key\'s RFC 7638 SHA-256 thumbprint, base64url; every token carries it as cnf.jkt and every refresh needs a proof signed with that key'
+  }))
 }, { additionalProperties: false })
 export type IssueBody = Static<typeof IssueBodySchema>
 

@@ -196,7 +196,9 @@ const SCHEMA = {
   compatSimpleJwt: boolean('COMPAT_SIMPLEJWT', true),
   legacySimpleJwtSigningKey: text('LEGACY_SIMPLEJWT_SIGNING_KEY'),
   storeLoss: oneOf('STORE_LOSS', ['refuse', 'accept'], 'refuse'),
-  maxSessionsPerSubject: integer('MAX_SESSIONS_PER_SUBJECT', 100, 1, 10_000)
+  maxSessionsPerSubject: integer('MAX_SESSIONS_PER_SUBJECT', 100, 1, 10_000),
+  dpopProofMaxAge: duration('DPOP_PROOF_MAX_AGE', '60s', 1),
+  dpopNonces: boolean('DPOP_NONCES', false)
 }
 
 /** The name of every environment variable Rotor reads (the docs are checked against it). */
@@ -312,4 +314,11 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     config.apiKeys = [{ name: nameOfSecret(secret), secret, scopes: [...SCOPES] }]
   }
   return config
+}
+
+/** The issuer as RFC 8414 §2 wants it (an http(s) URL, no query, no fragment), or null. */
+export function issuerUrl (issuer: string): URL | null {
+  if (!URL.canParse(issuer)) return null
+  const url = new URL(issuer)
+  return ['http:', 'https:'].includes(url.protocol) && url.search === '' && url.hash === '' ? url : null
 }

@@ -3,7 +3,7 @@ import type { Keyring, Payload } from '../plugins/keyring.js'
 import type { Config } from './config.js'
 
 /** Claims Rotor sets itself; a caller may not pass them in `claims`. */
-export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type', 'client_id'])
+export const RESERVED_CLAIMS = new Set(['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'auth_time', 'token_type', 'client_id', 'cnf'])
 
 /** Custom claims may nest this deep, no deeper: enough for any real claim set, and bounded work. */
 export const MAX_CLAIMS_DEPTH = 8
@@ -26,6 +26,8 @@ export interface Session {
   aud: string | string[] | undefined
   /** The name of the API key that issued it (OAuth's client_id); undefined for sessions issued before Rotor 0.3. */
   clientId: string | undefined
+  /** The thumbprint of the DPoP key the session is bound to (RFC 7638, SHA-256), carried as `cnf.jkt`; undefined: unbound. */
+  jkt: string | undefined
   claims: Payload
 }
 
@@ -111,8 +113,8 @@ export function issuedUsOf (sid: string, authTime: number): number {
   return authTime * 1_000_000
 }
 
-export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, issuedUs: number, clientId?: string): Session {
-  return { sub, sid: newSid(issuedUs), authTime: Math.floor(issuedUs / 1_000_000), issuedUs, aud, clientId, claims }
+export function newSession (sub: string, aud: string | string[] | undefined, claims: Payload, issuedUs: number, clientId?: string, jkt?: string): Session {
+  return { sub, sid: newSid(issuedUs), authTime: Math.floor(issuedUs / 1_000_000), issuedUs, aud, clientId, jkt, claims }
 }
 
 /** The session a verified token belongs to: its reserved claims read back, the rest is custom. */
@@ -123,6 +125,7 @@ export function sessionOf (payload: Payload): Session {
   }
   const sid = payload['sid'] as string
   const authTime = payload['auth_time'] as number
+  const cnf = payload['cnf'] as { jkt?: unknown } | undefined
   return {
     sub: payload['sub'] as string,
     sid,
@@ -130,6 +133,7 @@ export function sessionOf (payload: Payload): Session {
     issuedUs: issuedUsOf(sid, authTime),
     aud: payload['aud'] as string | string[] | undefined,
     clientId: payload['client_id'] as string | undefined,
+    jkt: typeof cnf?.jkt === 'string' ? cnf.jkt : undefined,
     claims
   }
 }
@@ -157,7 +161,8 @@ function payloadOf (settings: MintSettings, session: Session, type: 'access' | '
     sid: session.sid,
     auth_time: session.authTime,
     token_type: type,
-    ...(withClient ? { client_id: session.clientId } : {})
+    ...(withClient ? { client_id: session.clientId } : {}),
+    ...(session.jkt === undefined ? {} : { cnf: { jkt: session.jkt } })
   }
 }
 

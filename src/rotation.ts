@@ -1,9 +1,17 @@
-import { TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
+import { AppError, TokenRejectedError, TokenReusedError } from '../plugins/errors.js'
 import type { Payload } from '../plugins/keyring.js'
 import { remainingLifeMs, sessionRevocationTtlMs, type TokenContext } from './context.js'
 import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, sessionOf, type Session, type TokenPair } from './minting.js'
 import { entryOf, recordSession, reportEvicted } from './sessions.js'
 import type { Evicted } from '../plugins/store/index.js'
+import { checkProof, type ProofRequest } from './dpop.js'
+
+/** A request without DPoP: what callers that have no request (tests, tools) refresh with. */
+const NO_PROOF: ProofRequest = { proofs: [], method: 'POST', url: '' }
+
+function replayed (): AppError {
+  return new AppError('invalid_dpop_proof', 'this DPoP proof was used before: sign a new one for each request')
+}
 
 export interface Refreshed {
   pair: TokenPair
@@ -27,15 +35,19 @@ export interface Refreshed {
  * @param presented - the refresh token as the client sent it (anything: it is verified here)
  * @param nowMs - the time of the request, in ms (tests pass their own)
  * @param header - the token's JOSE header when the caller has read it already (see `tokenHeader`)
+ * @param proof - the request's DPoP proofs, method and URL: a session bound to a key needs one (none given: as a request without)
  * @returns the new pair (or, for a retry within the grace window, the same one again), its session and the jtis
  * @throws TokenRejectedError `token_invalid`, `token_expired`, `token_revoked`, or `TokenReusedError` for a reuse
+ * @throws AppError `invalid_dpop_proof` or `use_dpop_nonce` for a bound session's proof (see checkProof), also a proof used before
  * @throws StoreUnavailableError when the store cannot be reached (answered 503; the token stays good)
  *
  * @example
  * const { pair, isRetry } = await refresh(contextOf(request), body.refresh_token)
  * reply.send(pair) // { access_token, refresh_token, token_type, expires_in, refresh_expires_in }
  */
-export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null): Promise<Refreshed> {
+export async function refresh (
+  ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null, proof: ProofRequest = NO_PROOF
+): Promise<Refreshed> {
   const { keyring, denylist, config } = ctx
   const { payload, key } = keyring.verify(presented, 'refresh', nowMs, header)
   const session = sessionOf(payload)
@@ -46,11 +58,15 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
     // The store lost what it knew of this token (its rotations, its session's revocation) after it was minted.
     throw new TokenRejectedError('token_revoked', 'the token store lost its data after this token was minted; sign in again', token)
   }
+  // A bound session's proof is checked before the store is asked anything; its replay record is
+  // written with the rotation (or, not rotating, on its own), and only with the denylist on.
+  const proven = session.jkt === undefined ? undefined : await checkProof(keyring, config, proof, session.jkt, nowMs)
 
   if (!config.rotateRefreshTokens) {
     if (config.denylistEnabled) {
       const state = await denylist.state({ ...token, issuedUs: session.issuedUs })
       if (state !== 'active') throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
+      if (proven !== undefined && !await denylist.consumeOnce(session.sub, proven.id, proven.ttlMs)) throw replayed()
     }
     const access = mintAccessToken(keyring, config, session, nowSec, randomId())
     const refreshToken = { token: presented as string, exp: payload['exp'] as number }
@@ -74,9 +90,12 @@ export async function refresh (ctx: TokenContext, presented: unknown, nowMs = Da
     graceMs: config.refreshReuseGrace * 1000,
     enforce: config.reuseDetection === 'enforce',
     sessionTtlMs: sessionRevocationTtlMs(config, session.authTime, nowMs),
-    entry: entryOf(ctx, session, nowSec)
+    entry: entryOf(ctx, session, nowSec),
+    proof: proven
   })
   switch (outcome.status) {
+    case 'replayed':
+      throw replayed()
     case 'revoked':
       throw new TokenRejectedError('token_revoked', 'the session has been revoked', token)
     case 'reused': {

@@ -34,6 +34,7 @@ export class MemoryDenylist implements Denylist {
 
   async rotate (input: RotateInput): Promise<RotateOutcome> {
     const now = input.nowMs
+    if (input.proof !== undefined && !this.once(input.sub, input.proof.id, now, input.proof.ttlMs)) return { status: 'replayed' }
     const rotatedAt = this.get(`j:${input.jti}`, now)
     if (rotatedAt !== null) {
       const inWindow = input.graceMs > 0 && now - rotatedAt <= input.graceMs && this.get(`j:${input.childJti}`, now) === null
@@ -90,10 +91,7 @@ export class MemoryDenylist implements Denylist {
   }
 
   async consumeOnce (sub: string, id: string, ttlMs: number): Promise<boolean> {
-    const now = Date.now()
-    if (this.get(`l:${sub}:${id}`, now) !== null) return false
-    this.set(`l:${sub}:${id}`, 1, now + ttlMs)
-    return true
+    return this.once(sub, id, Date.now(), ttlMs)
   }
 
   epoch (): number {
@@ -104,6 +102,12 @@ export class MemoryDenylist implements Denylist {
 
   close (): void {
     clearInterval(this.sweeper)
+  }
+
+  private once (sub: string, id: string, now: number, ttlMs: number): boolean {
+    if (this.get(`l:${sub}:${id}`, now) !== null) return false
+    this.set(`l:${sub}:${id}`, 1, now + ttlMs)
+    return true
   }
 
   /** The subject's live sessions: what expired or was revoked leaves the index as it is read. */

@@ -1,7 +1,7 @@
 import { StoreUnavailableError } from '../errors.js'
 import { COMMAND_TIMEOUT_MS, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
-import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE } from './scripts.js'
+import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE, ROTATE_PROVEN } from './scripts.js'
 import { revokedUntilUs } from './subject-marks.js'
 import type { Denylist, Evicted, RotateInput, RotateOutcome, SessionEntry, SessionIndexSettings, TokenRef, TokenState } from './types.js'
 
@@ -11,7 +11,7 @@ const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
-type WriteCommand = 'rotorRotate' | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
+type WriteCommand = 'rotorRotate' | 'rotorRotateProven' | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (key: string, atMs: string) => Promise<unknown>
 interface Queue { exec: () => Promise<unknown> }
@@ -59,8 +59,8 @@ function entryOf (sid: string, stored: string): SessionEntry {
 
 /**
  * The Redis denylist. Keys are `<prefix>{<hashTag(sub)>}:<kind>:<id>`, kinds: j a rotated refresh or a
- * revoked access token, s a revoked session, u a subject's revocation, l an exchanged legacy
- * token; and the subject's session index, `<prefix>{<tag>}:sessions` and `:sessions:by-expiry`
+ * revoked access token, s a revoked session, u a subject's revocation, l a one-time id (an
+ * exchanged legacy token's jti, a DPoP proof's `dpop.<hash>`); and the subject's session index, `<prefix>{<tag>}:sessions` and `:sessions:by-expiry`
  * (see INDEX in scripts.ts). The hash tag puts every record of a subject
  * in one cluster slot, so the rotation script's keys always live together (and a WAIT behind a
  * write goes to the node that took it).
@@ -91,10 +91,11 @@ export class RedisDenylist implements Denylist {
     this.sessions = sessions
     this.inFlightMs = COMMAND_TIMEOUT_MS + (durability.replicas > 0 ? durability.timeoutMs : 0)
     client.defineCommand('rotorRotate', { numberOfKeys: 6, lua: ROTATE })
-    client.defineCommand('rotorConfirm', { numberOfKeys: 1, lua: CONFIRM })
+    client.defineCommand('rotorRotateProven', { numberOfKeys: 7, lua: ROTATE_PROVEN })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 3, lua: REVOKE_SUBJECT })
     client.defineCommand('rotorRevokeSession', { numberOfKeys: 3, lua: REVOKE_SESSION })
     side.defineCommand('rotorRecordSession', { numberOfKeys: 3, lua: RECORD_SESSION })
+    side.defineCommand('rotorConfirm', { numberOfKeys: 1, lua: CONFIRM })
     client.defineCommand('rotorListSessions', { numberOfKeys: 3, lua: LIST_SESSIONS })
     client.defineCommand('rotorEndSessions', { numberOfKeys: 3, lua: END_SESSIONS })
   }
@@ -139,17 +140,21 @@ export class RedisDenylist implements Denylist {
     const record = this.keyIn(subject, 'j', input.jti)
     const { entry } = input
     const { maxPerSubject, leewaySec, accessOverhangSec } = this.sessions
-    const [status, at, unconfirmed, evicted] = await this.write('rotorRotate',
+    const { proof } = input
+    const [status, at, unconfirmed, evicted] = await this.write(proof === undefined ? 'rotorRotate' : 'rotorRotateProven',
       record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti),
-      ...this.indexKeysIn(subject),
+      ...this.indexKeysIn(subject), ...(proof === undefined ? [] : [this.keyIn(subject, 'l', proof.id)]),
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
       Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs, deadline,
-      subject, input.sid, entryHead(entry), entry.expiresAt, maxPerSubject, leewaySec, accessOverhangSec
+      subject, input.sid, entryHead(entry), entry.expiresAt, maxPerSubject, leewaySec, accessOverhangSec,
+      ...(proof === undefined ? [] : [Math.max(1, Math.ceil(proof.ttlMs))])
     ) as [string, string, number, Evicted]
-    if (status !== 'rotated' && status !== 'grace') return { status: status === 'revoked' ? 'revoked' : 'reused' }
+    if (status !== 'rotated' && status !== 'grace') return { status: status as 'revoked' | 'reused' | 'replayed' }
     // The answer reached Rotor: confirm it. Not awaited, nor its failure a 503: a rotation left
-    // unconfirmed only lets its client's retry through (see ROTATE).
-    if (unconfirmed === 1) (this.client as unknown as { rotorConfirm: Confirm }).rotorConfirm(record, at).catch(() => {})
+    // unconfirmed only lets its client's retry through (see ROTATE). Over the side connection,
+    // where it shares a write with other requests' commands (a write system call per command
+    // was a fifth of a refresh's CPU).
+    if (unconfirmed === 1) (this.side as unknown as { rotorConfirm: Confirm }).rotorConfirm(record, at).catch(() => {})
     return { status, rotatedAtMs: Number(at), evicted }
   }
 

@@ -132,10 +132,7 @@ end
  * meet a state its client moved past meanwhile (the successor, rotated by the client's retry): it
  * writes nothing and answers an error. It is earlier than Rotor's command timeout.
  */
-export const ROTATE = `${INDEX}
-if pastDeadline(ARGV[8]) then
-  return redis.error_reply('ROTORLATE the rotation started after its deadline; nothing was recorded')
-end
+const ROTATION = `
 local index = indexOf(KEYS[5], KEYS[6], ARGV[9], ARGV[1], ARGV[14], ARGV[15])
 local rotated = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[1])
@@ -162,6 +159,21 @@ if rotated then return {'grace', string.format('%.0f', at), unconfirmed and 1 or
 redis.call('SET', KEYS[1], '-' .. ARGV[1], 'PX', ARGV[2])
 return {'rotated', ARGV[1], 1, list(index, KEYS[3], ARGV[10], ARGV[11], '', ARGV[12], tonumber(ARGV[13]))}
 `
+const DEADLINE = `
+if pastDeadline(ARGV[8]) then
+  return redis.error_reply('ROTORLATE the rotation started after its deadline; nothing was recorded')
+end
+`
+export const ROTATE = `${INDEX}${DEADLINE}${ROTATION}`
+
+/**
+ * ROTATE for a session bound to a DPoP key: first the proof's one-time record, KEYS[7], for
+ * ARGV[16] ms (as consumeOnce writes it); a proof seen before answers `replayed` and nothing else
+ * is done. One atomic step, so a proof cannot be replayed even concurrently.
+ */
+export const ROTATE_PROVEN = `${INDEX}${DEADLINE}
+if not redis.call('SET', KEYS[7], '1', 'PX', ARGV[16], 'NX') then return {'replayed', '0', 0, {}} end
+${ROTATION}`
 
 /**
  * A subject's revocation only ever moves forward in time, and the sessions it ends leave the

@@ -54,11 +54,16 @@ export interface RotateInput extends TokenRef {
   sessionTtlMs: number
   /** The session as the index lists it after this rotation (its successor's expiry, refreshed now). */
   entry: SessionEntry
+  /**
+   * A bound session's DPoP proof: its one-time id (as `consumeOnce` records it) and how long the
+   * record must last. Seen before: nothing is done, and the outcome is `replayed`.
+   */
+  proof?: { id: string, ttlMs: number } | undefined
 }
 
 export type RotateOutcome =
   | { status: 'rotated' | 'grace', rotatedAtMs: number, evicted: Evicted }
-  | { status: 'reused' | 'revoked' }
+  | { status: 'reused' | 'revoked' | 'replayed' }
 
 export type TokenState = 'active' | 'revoked' | 'rotated'
 
@@ -108,7 +113,7 @@ export interface Denylist {
    * @returns the sids it ended
    */
   endSessions: (sub: string, which: { sids: string[] } | { except: string }, nowMs: number) => Promise<string[]>
-  /** Records a one-time token's id; false when it was recorded already (atomic, like SET NX). */
+  /** Records a one-time id (an exchanged legacy token's jti, a DPoP proof's); false when it was recorded already (atomic, like SET NX). */
   consumeOnce: (sub: string, id: string, ttlMs: number) => Promise<boolean>
   /**
    * When the store began (ms since the epoch): its data holds nothing older. 0 for the in-process

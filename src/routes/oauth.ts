@@ -9,13 +9,7 @@ import type { VerifiedToken } from '../../plugins/keyring.js'
 import { contextOf } from '../context.js'
 import { introspect, revoke, type Introspection } from '../revocation.js'
 import { refreshFor } from './refreshing.js'
-
-/** The issuer as RFC 8414 §2 wants it (an http(s) URL, no query, no fragment), or null. */
-function issuerUrl (issuer: string): URL | null {
-  if (!URL.canParse(issuer)) return null
-  const url = new URL(issuer)
-  return ['http:', 'https:'].includes(url.protocol) && url.search === '' && url.hash === '' ? url : null
-}
+import { issuerUrl } from '../config.js'
 
 /** RFC 8414 metadata: every URL built from the issuer, so it is right behind a proxy that serves Rotor under it. */
 function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
@@ -102,9 +96,10 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
     if (grantType !== 'refresh_token') throw new OAuthOnlyError('unsupported_grant_type', 'invalid_request', 'grant_type must be refresh_token')
     if (presented === undefined) throw new AppError('invalid_request', 'refresh_token is required')
     if (request.client !== null) requireIssuedTo(app.keyring.check(presented, 'refresh'), request.client.name)
-    const { pair } = await refreshFor(request, presented)
+    const { pair, session } = await refreshFor(request, reply, presented)
     reply.header('pragma', 'no-cache')
-    return pair
+    // RFC 9449 §5: a pair bound to a DPoP key is of type DPoP on the OAuth wire.
+    return session.jkt === undefined ? pair : { ...pair, token_type: 'DPoP' as const }
   })
 
   app.post('/oauth2/revoke', {

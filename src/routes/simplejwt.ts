@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { errorResponses } from '../../schemas/errors.js'
+import { Type } from 'typebox'
+import { ErrorSchema, errorResponses } from '../../schemas/errors.js'
 import { SimpleErrorSchema, SimpleFieldErrorsSchema, SimplePairSchema, SimpleRefreshBodySchema, SimpleTokenBodySchema } from '../../schemas/simplejwt.js'
 import { contextOf } from '../context.js'
 import { AppError, errorHandler, FieldError, recordError, toAppError, TokenRejectedError } from '../../plugins/errors.js'
@@ -47,7 +48,8 @@ const schemaOf = (summary: string, body: typeof SimpleRefreshBodySchema | typeof
   summary,
   tags: ['simplejwt'],
   body,
-  response: { 200: ok, 400: SimpleFieldErrorsSchema, 401: SimpleErrorSchema, ...errorResponses(413, 415, 429, 501, 503) }
+  // A 400 is DRF's field errors, or Rotor's envelope for what SimpleJWT has no word for (a DPoP proof's fault).
+  response: { 200: ok, 400: Type.Union([ErrorSchema, SimpleFieldErrorsSchema]), 401: SimpleErrorSchema, ...errorResponses(413, 415, 429, 501, 503) }
 })
 
 /**
@@ -59,8 +61,8 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
 
   app.post('/api/auth/token/refresh/', {
     schema: schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema)
-  }, async (request) => {
-    const result = await refreshFor(request, requiredString(request.body, 'refresh'))
+  }, async (request, reply) => {
+    const result = await refreshFor(request, reply, requiredString(request.body, 'refresh'))
     return { access: result.pair.access_token, refresh: result.pair.refresh_token }
   })
 

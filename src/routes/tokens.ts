@@ -32,7 +32,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 403, 413, 415, 429) }
     }
   }, async (request) => {
-    const { sub, claims = {}, aud, device } = request.body
+    const { sub, claims = {}, aud, device, dpop_jkt: jkt } = request.body
     // A lone surrogate: text JSON can carry but UTF-8 (so Redis, and most backends) cannot.
     if (!sub.isWellFormed()) throw new AppError('invalid_request', 'sub must be well-formed Unicode (it has a lone surrogate)')
     const reserved = Object.keys(claims).find((name) => RESERVED_CLAIMS.has(name))
@@ -41,7 +41,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
     const issuedUs = clockUs()
     const nowSec = Math.floor(issuedUs / 1_000_000)
     // backendRoute() let no request without a client through.
-    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs, request.client!.name)
+    const session = newSession(sub, audienceOf(app.config, aud), claims, issuedUs, request.client!.name, jkt)
     const ids = { access: randomId(), refresh: randomId() }
     const pair = mintPair(app.keyring, app.config, session, nowSec, ids, nowSec)
     // Every rotation mints tokens of the same length (same claims, same-width numbers): what
@@ -64,8 +64,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
       body: RefreshBodySchema,
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }
     }
-  }, async (request) => {
-    return (await refreshFor(request, request.body.refresh_token)).pair
+  }, async (request, reply) => {
+    return (await refreshFor(request, reply, request.body.refresh_token)).pair
   })
 
   app.post('/v1/tokens/revoke', {

@@ -34,7 +34,7 @@ test('sessions and marks from before 0.2 keep their meaning: second resolution, 
   const app = await build(t)
   const nowSec = Math.floor(Date.now() / 1000)
   // A session minted by Rotor 0.1: a sid of 16 random bytes, issued in this second.
-  const old = mintPair(app.keyring, app.config, { sub: 'legacy-sid', sid: randomId(), authTime: nowSec, issuedUs: 0, aud: undefined, clientId: undefined, claims: {} }, nowSec, { access: randomId(), refresh: randomId() }, nowSec)
+  const old = mintPair(app.keyring, app.config, { sub: 'legacy-sid', sid: randomId(), authTime: nowSec, issuedUs: 0, aud: undefined, clientId: undefined, jkt: undefined, claims: {} }, nowSec, { access: randomId(), refresh: randomId() }, nowSec)
   t.equal(await revokeSubject(app, 'legacy-sid'), 200)
   t.match((await refreshWith(app, old.refresh_token)).json(), { code: 'token_revoked' }, 'an old session of this second is revoked by a new mark')
 

@@ -1,0 +1,262 @@
+import { test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import type { Response } from 'light-my-request'
+import { CompactSign, exportJWK, generateKeyPair } from 'jose'
+import { API_KEY, build, decodeJwt, introspectToken, listen, LogCapture, type Pair } from '../support/app.js'
+import { dpopKey, forgedProof, proofFor, type DpopKey } from '../support/dpop.js'
+import { currentNonce } from '../../src/dpop.js'
+
+/*
+ * DPoP (contract, "DPoP (RFC 9449)"): a session bound at issuance to a key's thumbprint is
+ * refreshed, on every refresh route, only with a proof signed by that key; everything else about
+ * unbound sessions is as before.
+ */
+
+/** inject's request URL as Rotor sees it (no JWT_ISSUER URL): http, host localhost:80. */
+const HTU = 'http://localhost:80/v1/tokens/refresh'
+
+async function issueBound (app: FastifyInstance, key: DpopKey | null, sub = 'alice'): Promise<Pair> {
+  const body = key === null ? { sub } : { sub, dpop_jkt: key.jkt }
+  const response = await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer ${API_KEY}` }, payload: body })
+  if (response.statusCode !== 200) throw new Error(`issue answered ${response.statusCode} ${response.body}`)
+  return response.json<Pair>()
+}
+
+async function refreshWithProof (app: FastifyInstance, refreshToken: string, proof?: string | string[]): Promise<Response> {
+  const headers: Record<string, string | string[]> = proof === undefined ? {} : { dpop: proof }
+  return app.inject({ method: 'POST', url: '/v1/tokens/refresh', headers, payload: { refresh_token: refreshToken } })
+}
+
+function codeOf (response: Response): unknown {
+  return response.json<Record<string, unknown>>()['code']
+}
+
+test('a bound session: every token carries cnf.jkt, introspection returns it, and it refreshes with a proof of its key', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  for (const token of [pair.access_token, pair.refresh_token]) t.same(decodeJwt(token).payload['cnf'], { jkt: key.jkt }, 'cnf.jkt in the token')
+  t.same((await introspectToken(app, pair.access_token))['cnf'], { jkt: key.jkt }, '/v1 introspection returns cnf')
+
+  const refreshed = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+  t.equal(refreshed.statusCode, 200, refreshed.body)
+  const next = refreshed.json<Pair>()
+  t.same(decodeJwt(next.refresh_token).payload['cnf'], { jkt: key.jkt }, 'the rotated tokens stay bound')
+  t.same(decodeJwt(next.access_token).payload['cnf'], { jkt: key.jkt })
+  t.equal(next.token_type, 'Bearer', '/v1 answers as the contract says')
+
+  const unbound = await issueBound(app, null)
+  t.notOk('cnf' in decodeJwt(unbound.refresh_token).payload, 'an unbound session carries no cnf')
+  t.equal((await refreshWithProof(app, unbound.refresh_token)).statusCode, 200, 'and refreshes without a proof, as before')
+  const again = (await refreshWithProof(app, unbound.refresh_token)).json<Pair>()
+  t.equal((await refreshWithProof(app, again.refresh_token, 'not even a JWT')).statusCode, 200, 'a DPoP header on an unbound session is ignored')
+})
+
+test('a bound refresh token without a proof is 401 token_invalid, and the session stays alive for its key holder', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey('EdDSA')
+  const pair = await issueBound(app, key)
+  const stolen = await refreshWithProof(app, pair.refresh_token)
+  t.equal(stolen.statusCode, 401)
+  t.equal(codeOf(stolen), 'token_invalid')
+  const thief = await dpopKey('EdDSA')
+  const signedByAnother = await refreshWithProof(app, pair.refresh_token, await proofFor(thief, { htu: HTU }))
+  t.equal(signedByAnother.statusCode, 400)
+  t.equal(codeOf(signedByAnother), 'invalid_dpop_proof', 'a proof of another key')
+  const owner = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+  t.equal(owner.statusCode, 200, 'the owner refreshes: nothing was recorded for the thief\'s tries')
+})
+
+test('issuance refuses a malformed thumbprint and a caller\'s own cnf claim', async (t) => {
+  const app = await build(t)
+  for (const body of [{ sub: 'a', dpop_jkt: 'short' }, { sub: 'a', dpop_jkt: 'x'.repeat(42) + '=' }, { sub: 'a', dpop_jkt: 7 }, { sub: 'a', claims: { cnf: { jkt: 'x'.repeat(43) } } }]) {
+    const response = await app.inject({ method: 'POST', url: '/v1/tokens', headers: { authorization: `Bearer ${API_KEY}` }, payload: body })
+    t.equal(response.statusCode, 400, JSON.stringify(body))
+    t.equal(codeOf(response), 'invalid_request')
+  }
+})
+
+test('every faulty proof is 400 invalid_dpop_proof, never a 5xx, and leaves the session alive', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const rsa = await dpopKey('RS256')
+  const nowSec = Math.floor(Date.now() / 1000)
+  const claims = { htm: 'POST', htu: HTU, iat: nowSec, jti: 'j-1' }
+  const header = { alg: 'ES256', typ: 'dpop+jwt', jwk: key.jwk }
+  const { privateKey } = await generateKeyPair('ES256', { extractable: true })
+  const privateJwk = await exportJWK(privateKey)
+  const cases: Array<[string, () => Promise<string | string[]>]> = [
+    ['alg none', async () => forgedProof({ ...header, alg: 'none' }, claims)],
+    ['an HS256 proof', async () => forgedProof({ ...header, alg: 'HS256' }, claims, 'c2lnbmF0dXJl')],
+    ['a jwk with private members', async () => proofFor({ ...key, jwk: privateJwk, privateKey }, { htu: HTU })],
+    ['no jwk', async () => proofFor(key, { htu: HTU }, { jwk: undefined })],
+    ['a symmetric jwk', async () => forgedProof({ ...header, alg: 'HS256', jwk: { kty: 'oct', k: 'c2VjcmV0' } }, claims, 'c2lnbmF0dXJl')],
+    ['a wrong typ', async () => proofFor(key, { htu: HTU }, { typ: 'JWT' })],
+    ['a wrong htm', async () => proofFor(key, { htu: HTU, htm: 'GET' })],
+    ['a wrong htu', async () => proofFor(key, { htu: 'http://localhost:80/v1/tokens/introspect' })],
+    ['an htu of another host', async () => proofFor(key, { htu: 'https://evil.example/v1/tokens/refresh' })],
+    ['an htu that is no URL', async () => proofFor(key, { htu: 'refresh' })],
+    ['a stale iat', async () => proofFor(key, { htu: HTU, iat: nowSec - 61 })],
+    ['an iat in the future', async () => proofFor(key, { htu: HTU, iat: nowSec + 5 })],
+    ['no iat', async () => proofFor(key, { htu: HTU, iat: undefined })],
+    ['an iat that is a string', async () => proofFor(key, { htu: HTU, iat: String(nowSec) as unknown as number })],
+    ['no jti', async () => proofFor(key, { htu: HTU, jti: '' })],
+    ['a jti of 257 characters', async () => proofFor(key, { htu: HTU, jti: 'j'.repeat(257) })],
+    ['another key', async () => proofFor(rsa, { htu: HTU })],
+    ['a bad signature', async () => (await proofFor(key, { htu: HTU })).slice(0, -4) + 'AAAA'],
+    ['two DPoP headers', async () => [await proofFor(key, { htu: HTU }), await proofFor(key, { htu: HTU })]],
+    ['an oversized proof', async () => proofFor(key, { htu: HTU, jti: 'j'.repeat(250), ...{ pad: 'p'.repeat(4000) } } as never)],
+    ['a payload that is no JSON', async () => new CompactSign(new TextEncoder().encode('not json')).setProtectedHeader(header).sign(key.privateKey)],
+    ['a payload that is a JSON array', async () => new CompactSign(new TextEncoder().encode('[1]')).setProtectedHeader(header).sign(key.privateKey)],
+    ['garbage', async () => '\u00ff\u00fe not a jws'],
+    ['an empty header', async () => '']
+  ]
+  const pair = await issueBound(app, key)
+  for (const [name, make] of cases) {
+    const response = await refreshWithProof(app, pair.refresh_token, await make())
+    t.equal(response.statusCode, 400, `${name}: ${response.body}`)
+    t.equal(codeOf(response), 'invalid_dpop_proof', name)
+  }
+  t.equal((await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))).statusCode, 200, 'none of them touched the session')
+})
+
+for (const store of ['Redis', 'the in-process store'] as const) {
+  const env = store === 'Redis' ? {} : { REDIS_URL: '' }
+
+  test(`${store}: a proof is used once, even when replayed concurrently over a real socket`, async (t) => {
+    const app = await build(t, env)
+    const base = await listen(app)
+    const htu = `${base}/v1/tokens/refresh`
+    const key = await dpopKey()
+    const pair = await issueBound(app, key)
+    const proof = await proofFor(key, { htu })
+    const answers = await Promise.all(Array.from({ length: 8 }, async () => fetch(htu, {
+      method: 'POST', headers: { 'content-type': 'application/json', dpop: proof }, body: JSON.stringify({ refresh_token: pair.refresh_token })
+    })))
+    const statuses = answers.map((answer) => answer.status).sort()
+    t.same(statuses, [200, 400, 400, 400, 400, 400, 400, 400], 'one rotation; the replays refused')
+    for (const answer of answers.filter((a) => a.status === 400)) t.equal((await answer.json() as Record<string, unknown>)['code'], 'invalid_dpop_proof')
+
+    // Two tabs, each its own proof, the same refresh token at once: the grace window answers both.
+    const next = (await answers.find((answer) => answer.status === 200)!.json()) as Pair
+    const tabs = await Promise.all([1, 2].map(async () => fetch(htu, {
+      method: 'POST', headers: { 'content-type': 'application/json', dpop: await proofFor(key, { htu }) }, body: JSON.stringify({ refresh_token: next.refresh_token })
+    })))
+    t.same(tabs.map((tab) => tab.status), [200, 200], 'concurrent tabs with fresh proofs both get the pair')
+    const [a, b] = await Promise.all(tabs.map(async (tab) => await tab.json() as Pair))
+    t.equal(a?.refresh_token, b?.refresh_token, 'the same successor')
+  })
+
+  test(`${store}: without rotation (ROTATE_REFRESH_TOKENS=false) a proof is still used once`, async (t) => {
+    const app = await build(t, { ...env, ROTATE_REFRESH_TOKENS: 'false' })
+    const key = await dpopKey()
+    const pair = await issueBound(app, key)
+    const proof = await proofFor(key, { htu: HTU })
+    t.equal((await refreshWithProof(app, pair.refresh_token, proof)).statusCode, 200)
+    const replay = await refreshWithProof(app, pair.refresh_token, proof)
+    t.equal(replay.statusCode, 400)
+    t.equal(codeOf(replay), 'invalid_dpop_proof')
+    t.equal((await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))).statusCode, 200, 'a new proof works')
+  })
+}
+
+test('with the denylist off a bound session still needs its key (replays are not recorded: nothing is written per session)', async (t) => {
+  const app = await build(t, { DENYLIST_ENABLED: 'false' })
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  t.equal(codeOf(await refreshWithProof(app, pair.refresh_token)), 'token_invalid')
+  t.equal((await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))).statusCode, 200)
+})
+
+test('behind a proxy, htu is built from JWT_ISSUER', async (t) => {
+  const app = await build(t, { JWT_ISSUER: 'https://auth.example.com/rotor/' })
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const local = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+  t.equal(codeOf(local), 'invalid_dpop_proof', 'Rotor\'s own view of the URL is not the client\'s')
+  const viaIssuer = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: 'HTTPS://Auth.Example.com:443/rotor/v1/tokens/refresh?x=1' }))
+  t.equal(viaIssuer.statusCode, 200, 'the issuer\'s URL, normalised (case, default port, query)')
+})
+
+test('DPOP_NONCES=true: a proof without the current nonce is 400 use_dpop_nonce with DPoP-Nonce; with it, 200 and the next nonce', async (t) => {
+  const app = await build(t, { DPOP_NONCES: 'true', DPOP_PROOF_MAX_AGE: '30s' })
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const asked = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+  t.equal(asked.statusCode, 400)
+  t.equal(codeOf(asked), 'use_dpop_nonce')
+  const nonce = asked.headers['dpop-nonce']
+  t.type(nonce, 'string', 'the answer carries a nonce')
+  const stale = currentNonce(app.keyring, app.config, Date.now() - 61_000)
+  t.equal(codeOf(await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU, nonce: stale }))), 'use_dpop_nonce', 'a nonce two windows old is refused')
+  const ok = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU, nonce: String(nonce) }))
+  t.equal(ok.statusCode, 200, ok.body)
+  t.equal(ok.headers['dpop-nonce'], nonce, 'a refresh answer carries the current nonce')
+  const unbound = await issueBound(app, null)
+  const plain = await refreshWithProof(app, unbound.refresh_token)
+  t.equal(plain.statusCode, 200)
+  t.equal(plain.headers['dpop-nonce'], undefined, 'unbound sessions see nothing of nonces')
+})
+
+test('the SimpleJWT route and /oauth2/token require the proof too, each in its own error shape', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const simpleUrl = 'http://localhost:80/api/auth/token/refresh/'
+  const simple = (proof?: string): Promise<Response> => app.inject({
+    method: 'POST', url: '/api/auth/token/refresh/', headers: proof === undefined ? {} : { dpop: proof }, payload: { refresh: pair.refresh_token }
+  })
+  t.match((await simple()).json(), { code: 'token_not_valid' }, 'no proof: SimpleJWT\'s 401')
+  const badSimple = await simple(await proofFor(key, { htu: HTU }))
+  t.equal(badSimple.statusCode, 400)
+  t.equal(codeOf(badSimple), 'invalid_dpop_proof', 'a proof for another URL')
+  const simpleOk = await simple(await proofFor(key, { htu: simpleUrl }))
+  t.equal(simpleOk.statusCode, 200, simpleOk.body)
+  const { refresh } = simpleOk.json<{ refresh: string }>()
+
+  const form = (proof?: string): Promise<Response> => app.inject({
+    method: 'POST',
+    url: '/oauth2/token',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...(proof === undefined ? {} : { dpop: proof }) },
+    payload: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refresh }).toString()
+  })
+  const oauthUrl = 'http://localhost:80/oauth2/token'
+  const noProof = await form()
+  t.equal(noProof.statusCode, 400)
+  t.equal(noProof.json().error, 'invalid_grant', 'no proof: the grant is refused (RFC 6749 §5.2)')
+  const badProof = await form(await proofFor(key, { htu: oauthUrl, htm: 'PUT' }))
+  t.equal(badProof.statusCode, 400)
+  t.equal(badProof.json().error, 'invalid_dpop_proof', 'RFC 9449 §5\'s error code')
+  const ok = await form(await proofFor(key, { htu: oauthUrl }))
+  t.equal(ok.statusCode, 200, ok.body)
+  t.equal(ok.json().token_type, 'DPoP', 'RFC 9449 §5: a bound pair is of type DPoP on the OAuth wire')
+  const introspected = await app.inject({
+    method: 'POST',
+    url: '/oauth2/introspect',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Bearer ${API_KEY}` },
+    payload: new URLSearchParams({ token: ok.json().access_token }).toString()
+  })
+  t.same(introspected.json().cnf, { jkt: key.jkt }, '/oauth2/introspect returns cnf')
+})
+
+test('CORS lets a page send DPoP and read DPoP-Nonce; proofs never reach the log', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, { DPOP_NONCES: 'true' }, logs)
+  const preflight = await app.inject({
+    method: 'OPTIONS',
+    url: '/v1/tokens/refresh',
+    headers: { origin: 'http://localhost:3000', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type, dpop' }
+  })
+  t.match(String(preflight.headers['access-control-allow-headers']), /dpop/)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const proof = await proofFor(key, { htu: HTU })
+  const asked = await app.inject({
+    method: 'POST', url: '/v1/tokens/refresh', headers: { origin: 'http://localhost:3000', dpop: proof }, payload: { refresh_token: pair.refresh_token }
+  })
+  t.equal(codeOf(asked), 'use_dpop_nonce')
+  t.match(String(asked.headers['access-control-expose-headers']), /dpop-nonce/)
+  await refreshWithProof(app, pair.refresh_token, proof.slice(0, -2))
+  t.notOk(logs.text.includes(proof.split('.')[2]!.slice(0, 20)), 'no proof signature in the log')
+  t.notOk(logs.text.includes(proof.split('.')[1]!.slice(0, 20)), 'no proof payload in the log')
+})
