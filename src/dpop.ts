@@ -53,7 +53,7 @@ function normalisedUrl (url: unknown): string | null {
  * client's), else from the request (its `Host`, and the forwarded headers with TRUST_PROXY).
  */
 export function requestUrl (issuer: URL | null, request: { protocol: string, host: string, url: string }): string {
-  const path = request.url.split('?')[0] ?? ''
+  const path = request.url.replace(/\?.*$/s, '')
   const base = issuer === null ? `${request.protocol}://${request.host}` : issuer.href.replace(/\/+$/, '')
   return `${base}${path}`
 }
@@ -115,7 +115,7 @@ export async function checkProof (
     verified = await compactVerify(proof, EmbeddedJWK, { algorithms: DPOP_ALGORITHMS })
   } catch (error) {
     // jose's codes say what failed (a bad signature, an alg not allowed, a private or missing jwk) and never echo the proof.
-    throw refused(`the DPoP proof is not a JWS signed by the public key in its header with ${DPOP_ALGORITHMS.join(', ')} (${(error as { code?: string }).code ?? 'malformed'})`)
+    throw refused(`the DPoP proof is not a JWS signed by the public key in its header with ${DPOP_ALGORITHMS.join(', ')} (${String((error as { code?: unknown }).code)})`)
   }
   const { protectedHeader } = verified
   if (typeof protectedHeader.typ !== 'string' || protectedHeader.typ.toLowerCase() !== 'dpop+jwt') throw refused('the DPoP proof\'s typ must be dpop+jwt')

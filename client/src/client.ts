@@ -3,7 +3,8 @@
 // one) rotated meanwhile, its pair is adopted and Rotor is not asked. Only Rotor's verdict on the
 // refresh token signs out; an outage, a rate limit or a lost answer is waited out.
 import { ignore, indexedDbStorage, inProcessLock, memoryStorage, type RotorStorage, type StoredSession } from './storage.js'
-import { pairOf, refresh, revoke, type Outcome, type Pair, type RouteFamily, type SignOutReason, type TokenPairInput, type WireOptions } from './wire.js'
+import { pairOf, refresh, revoke, type Outcome, type Pair, type Prover, type RouteFamily, type SignOutReason, type TokenPairInput, type WireOptions } from './wire.js'
+import { createDpopKey, dpopProof, type DpopKey } from './dpop.js'
 
 export interface RotorClientOptions {
   /** Where Rotor answers, e.g. `https://auth.example.com` (no trailing path). */
@@ -36,6 +37,13 @@ export interface RotorClientOptions {
   maxRetryAfterSeconds?: number
   /** The fetch to use (a server's own, or one with a proxy agent). Default: the global fetch. */
   fetch?: typeof fetch
+  /**
+   * DPoP (RFC 9449): the session is bound to a P-256 key this client makes with WebCrypto, its
+   * private half non-extractable, kept in the storage (IndexedDB: shared by the origin's tabs;
+   * Node: in memory). Send `dpopThumbprint()` with the login as `dpop_jkt`; every refresh then
+   * carries a proof of the key, and a refresh token copied elsewhere is refused. Default false.
+   */
+  dpop?: boolean
 }
 
 export interface RotorClient {
@@ -58,6 +66,12 @@ export interface RotorClient {
    * revocation (the session is ended here either way).
    */
   signOut: () => Promise<boolean>
+  /**
+   * With `dpop: true`: the thumbprint (RFC 7638) of the key the next session is bound to, for the
+   * login request (`dpop_jkt`); the key is made on first call, once for all the origin's tabs,
+   * and a new one after each sign-out.
+   */
+  dpopThumbprint: () => Promise<string>
   /** Stops listening to the other tabs (the client is not used after this). */
   close: () => void
 }
@@ -118,6 +132,8 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
   const maxWaitMs = nonNegative(options.maxWaitSeconds, 60, 'maxWaitSeconds') * 1000
   const maxRetryAfterMs = nonNegative(options.maxRetryAfterSeconds, 30, 'maxRetryAfterSeconds') * 1000
   const fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init))
+  const dpop = options.dpop ?? false
+  if (typeof dpop !== 'boolean') throw new TypeError('createRotorClient: dpop must be true or false')
   const wire: WireOptions = { baseUrl: options.baseUrl, routes, fetch: fetchImpl, timeoutMs: nonNegative(options.timeoutMs, 10_000, 'timeoutMs'), now: Date.now }
   let lock = storage.lock
   if (lock === undefined) {
@@ -195,7 +211,9 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
    * where the storage has no cross-tab lock.
    */
   async function advance (previous: StoredSession | undefined, next: Omit<StoredSession, 'generation'>): Promise<StoredSession | undefined> {
-    const value = { ...next, generation: after(previous) }
+    // A new pair keeps the session's DPoP key; a sign-out lets it go.
+    const bound = next.pair === undefined ? undefined : previous?.dpop
+    const value = { ...next, ...(bound === undefined ? {} : { dpop: bound }), generation: after(previous) }
     if (await storage.write(key, value, previous?.generation)) return adopt(value)
     return adopt(await storage.read(key))
   }
@@ -214,7 +232,7 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
       const needed = stale === undefined ? !fresh(pair, now) : pair.access === stale
       if (!needed) return pair.access
       if (now < retryNotBefore && now < pair.accessExpiresAt) return pair.access
-      const outcome = await refresh(wire, pair.refresh)
+      const outcome = await refresh(wire, pair.refresh, proverOf(current?.dpop))
       switch (outcome.kind) {
         case 'rotated': {
           failures = 0
@@ -239,6 +257,11 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
         }
       }
     }
+  }
+
+  /** Signs proofs with the session's key, if it has one (a session set without a key refreshes as a bearer session). */
+  function proverOf (key: DpopKey | undefined): Prover | undefined {
+    return key === undefined ? undefined : async (htm, htu, nonce) => await dpopProof(key, htm, htu, nonce)
   }
 
   /** One refresh in flight per client; across clients and tabs, one per session (the lock). */
@@ -280,7 +303,7 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
       retryNotBefore = 0
       for (;;) {
         const stored = await storage.read(key)
-        const value = { generation: after(stored), pair }
+        const value = { generation: after(stored), pair, ...(stored?.dpop === undefined ? {} : { dpop: stored.dpop }) }
         if (await storage.write(key, value, stored?.generation)) {
           adopt(value)
           return
@@ -311,6 +334,20 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
           return await revoke(wire, current.pair.refresh)
         }
       }
+    },
+
+    async dpopThumbprint () {
+      if (!dpop) throw new TypeError('dpopThumbprint: the client was created without dpop: true')
+      // Under the session's lock: tabs asking at once share one key.
+      return await locked(key, async () => {
+        for (;;) {
+          const current = adopt(await storage.read(key))
+          if (current?.dpop !== undefined) return current.dpop.jkt
+          const made = await createDpopKey()
+          const { generation: _previous, ...rest } = current ?? { generation: 0 }
+          if (await storage.write(key, { ...rest, dpop: made, generation: after(current) }, current?.generation)) return made.jkt
+        }
+      })
     },
 
     close () {

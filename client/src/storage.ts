@@ -4,6 +4,7 @@
 // renderer processes tabs run in). Turns are taken with the Web Locks API, and changes announced
 // on a BroadcastChannel; where either is missing, the fallbacks below keep one tab correct.
 import type { Pair, SignOutReason } from './wire.js'
+import type { DpopKey } from './dpop.js'
 
 /** One session's record. `generation` grows by one with every write, in every tab. */
 export interface StoredSession {
@@ -12,6 +13,8 @@ export interface StoredSession {
   pair?: Pair
   /** Why the session ended, once it has. */
   signedOut?: SignOutReason
+  /** With `dpop: true`: the key the session is bound to (made before the login, gone at sign-out). */
+  dpop?: DpopKey
 }
 
 /**

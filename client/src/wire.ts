@@ -95,16 +95,21 @@ export interface WireOptions {
   fetch: typeof fetch
   timeoutMs: number
   now: () => number
+  /** The last DPoP nonce Rotor gave (DPOP_NONCES=true); kept for the next proof. */
+  dpopNonce?: string | undefined
 }
+
+/** Signs a DPoP proof for a request (see dpop.ts); absent for a session without a key. */
+export type Prover = (htm: string, htu: string, nonce?: string) => Promise<string>
 
 function url (options: WireOptions, path: string): string {
   return `${options.baseUrl.replace(/\/+$/, '')}${path}`
 }
 
-async function post (options: WireOptions, path: string, body: unknown): Promise<Response> {
+async function post (options: WireOptions, path: string, body: unknown, extra: Record<string, string> = {}): Promise<Response> {
   return await options.fetch(url(options, path), {
     method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    headers: { 'content-type': 'application/json', accept: 'application/json', ...extra },
     body: JSON.stringify(body),
     // The refresh token travels in the body: no cookie is needed, none is sent.
     credentials: 'omit',
@@ -119,20 +124,28 @@ async function post (options: WireOptions, path: string, body: unknown): Promise
  * an answer that was lost is handed out again by Rotor (its grace window and confirmed
  * rotations), never taken for a reuse.
  */
-export async function refresh (options: WireOptions, refreshToken: string): Promise<Outcome> {
+export async function refresh (options: WireOptions, refreshToken: string, prover?: Prover): Promise<Outcome> {
   const simplejwt = options.routes === 'simplejwt'
+  const path = PATHS[options.routes].refresh
   // The new token's life counts from before the request: Rotor issued it later than this, so the
   // client never counts it as living longer than it does (however long the answer took).
   const sentAt = options.now()
   let response: Response
   let body: Record<string, unknown>
-  try {
-    response = await post(options, PATHS[options.routes].refresh, simplejwt ? { refresh: refreshToken } : { refresh_token: refreshToken })
-    body = await bodyOf(response)
-  } catch {
-    return { kind: 'retry', code: 'network_error' }
+  let code: string
+  // A bound session asked for a nonce (use_dpop_nonce) is answered once more, with it.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const proof = prover === undefined ? undefined : await prover('POST', url(options, path), options.dpopNonce)
+      response = await post(options, path, simplejwt ? { refresh: refreshToken } : { refresh_token: refreshToken }, proof === undefined ? {} : { dpop: proof })
+      body = await bodyOf(response)
+    } catch {
+      return { kind: 'retry', code: 'network_error' }
+    }
+    options.dpopNonce = response.headers.get('dpop-nonce') ?? options.dpopNonce
+    code = typeof body['code'] === 'string' ? body['code'] : `http_${response.status}`
+    if (code !== 'use_dpop_nonce' || attempt === 2) break
   }
-  const code = typeof body['code'] === 'string' ? body['code'] : `http_${response.status}`
   if (response.status === 200) {
     try {
       return { kind: 'rotated', pair: pairOf(body as TokenPairInput, sentAt) }

@@ -96,6 +96,7 @@ test('every faulty proof is 400 invalid_dpop_proof, never a 5xx, and leaves the 
     ['a wrong htu', async () => proofFor(key, { htu: 'http://localhost:80/v1/tokens/introspect' })],
     ['an htu of another host', async () => proofFor(key, { htu: 'https://evil.example/v1/tokens/refresh' })],
     ['an htu that is no URL', async () => proofFor(key, { htu: 'refresh' })],
+    ['an htu of another scheme', async () => proofFor(key, { htu: 'ws://localhost:80/v1/tokens/refresh' })],
     ['a stale iat', async () => proofFor(key, { htu: HTU, iat: nowSec - 61 })],
     ['an iat in the future', async () => proofFor(key, { htu: HTU, iat: nowSec + 5 })],
     ['no iat', async () => proofFor(key, { htu: HTU, iat: undefined })],
@@ -172,10 +173,19 @@ test('behind a proxy, htu is built from JWT_ISSUER', async (t) => {
   const app = await build(t, { JWT_ISSUER: 'https://auth.example.com/rotor/' })
   const key = await dpopKey()
   const pair = await issueBound(app, key)
-  const local = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+  const local = await app.inject({
+    method: 'POST', url: '/v1/tokens/refresh?via=proxy', headers: { dpop: await proofFor(key, { htu: HTU }) }, payload: { refresh_token: pair.refresh_token }
+  })
   t.equal(codeOf(local), 'invalid_dpop_proof', 'Rotor\'s own view of the URL is not the client\'s')
-  const viaIssuer = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: 'HTTPS://Auth.Example.com:443/rotor/v1/tokens/refresh?x=1' }))
+  const viaIssuer = await app.inject({
+    method: 'POST',
+    url: '/v1/tokens/refresh?via=proxy',
+    headers: { dpop: await proofFor(key, { htu: 'HTTPS://Auth.Example.com:443/rotor/v1/tokens/refresh?x=1' }) },
+    payload: { refresh_token: pair.refresh_token }
+  })
   t.equal(viaIssuer.statusCode, 200, 'the issuer\'s URL, normalised (case, default port, query)')
+  t.equal(codeOf(await refreshWithProof(app, viaIssuer.json<Pair>().refresh_token, await proofFor(key, { htu: 'https://auth.example.com/v1/tokens/refresh' }))),
+    'invalid_dpop_proof', 'the issuer\'s path is part of it')
 })
 
 test('DPOP_NONCES=true: a proof without the current nonce is 400 use_dpop_nonce with DPoP-Nonce; with it, 200 and the next nonce', async (t) => {
