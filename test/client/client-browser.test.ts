@@ -9,6 +9,7 @@ import { API_KEY, build, introspectToken, listen, type Pair } from '../support/a
 import { metric } from '../support/metrics.js'
 import { readBody } from '../support/net.js'
 import { startRedis } from '../support/redis.js'
+import { dpopKey, proofFor } from '../support/dpop.js'
 import type { Test } from '../support/tap.js'
 
 // @rotor/client in real Chromium tabs against a real Rotor and Redis, with REFRESH_REUSE_GRACE=0:
@@ -33,7 +34,7 @@ interface Seen {
   refreshes: number
 }
 
-type Kind = 'rotor' | 'naive'
+type Kind = 'rotor' | 'rotor-dpop' | 'naive'
 
 /** The site the tabs load: the page, the client package's build, and a login that asks Rotor for a pair. */
 async function site (t: Test): Promise<{ origin: string, use: (rotor: string) => void }> {
@@ -48,8 +49,11 @@ async function site (t: Test): Promise<{ origin: string, use: (rotor: string) =>
       } else if (request.method === 'GET' && file !== undefined) {
         response.writeHead(200, { 'content-type': 'text/javascript' }).end(await readFile(new URL(file, CLIENT_DIST)))
       } else if (request.method === 'POST' && path === '/login') {
-        const { sub } = JSON.parse(await readBody(request)) as { sub: string }
-        const issued = await fetch(`${rotor}/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ sub }) })
+        // The login form's fields, passed on: the subject, and a DPoP key's thumbprint when the tab sends one.
+        const { sub, dpop_jkt: jkt } = JSON.parse(await readBody(request)) as { sub: string, dpop_jkt?: string }
+        const issued = await fetch(`${rotor}/v1/tokens`, {
+          method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ sub, dpop_jkt: jkt })
+        })
         response.writeHead(issued.status, { 'content-type': 'application/json' }).end(await issued.text())
       } else {
         response.writeHead(404).end()
@@ -182,6 +186,51 @@ test('@rotor/client in six Chromium tabs, against Rotor with REFRESH_REUSE_GRACE
     const last = await call<string | null>(pages[0] as Page, 'token')
     t.equal((await introspectToken(rotor.app, String(last)))['active'], true, 'the session is alive')
     t.comment(`@rotor/client storm: ${TABS} tabs, ${seen.reduce((sum, tab) => sum + tab.calls, 0)} getAccessToken calls in ${seconds.toFixed(1)} s, ${rotations} rotations, ${answers.get(200)} refreshes served, ${answers.get(503) ?? 0} answered 503 while Redis was down, 0 sign-outs`)
+  })
+
+  t.test('DPoP: a bound session refreshes across three tabs; its refresh token and key handle read out of IndexedDB are useless from Node, a captured proof replayed is refused, and the user stays signed in', async (t) => {
+    const rotor = await rotorFor(t, origin)
+    use(rotor.base)
+    const { context, pages } = await tabs(t, browser, origin, 'rotor-dpop', 3)
+    const refreshUrl = `${rotor.base}/v1/tokens/refresh`
+    const captured: Array<{ proof: string, body: string }> = []
+    context.on('request', (request) => {
+      const proof = request.headers()['dpop']
+      if (request.url() === refreshUrl && proof !== undefined) captured.push({ proof, body: request.postData() ?? '' })
+    })
+    const answers = refreshAnswers(context, rotor.base)
+    for (const page of pages) await call(page, 'start', EVERY_MS)
+    await sleep(5000)
+
+    const loot = await call<{ refresh: string, jwk: Record<string, unknown>, exported: string }>(pages[1] as Page, 'steal')
+    t.equal(loot.exported, 'InvalidAccessError', 'the private key cannot be exported from the page')
+    t.notOk('d' in loot.jwk, 'only the public key is stored in the clear')
+    const withoutKey = await fetch(refreshUrl, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refresh_token: loot.refresh }) })
+    t.equal(withoutKey.status, 401)
+    t.equal((await withoutKey.json() as { code: string }).code, 'token_invalid', 'the stolen refresh token alone is refused')
+    const thief = await dpopKey()
+    const otherKey = await fetch(refreshUrl, {
+      method: 'POST', headers: { 'content-type': 'application/json', dpop: await proofFor(thief, { htu: refreshUrl }) }, body: JSON.stringify({ refresh_token: loot.refresh })
+    })
+    t.equal((await otherKey.json() as { code: string }).code, 'invalid_dpop_proof', 'and with a proof of the thief\'s own key')
+    const [replay] = captured
+    t.ok(replay !== undefined, `the tabs' refreshes carried proofs (${captured.length} seen)`)
+    const replayed = await fetch(refreshUrl, { method: 'POST', headers: { 'content-type': 'application/json', dpop: replay!.proof }, body: replay!.body })
+    t.equal(replayed.status, 400)
+    t.equal((await replayed.json() as { code: string }).code, 'invalid_dpop_proof', 'a captured request replayed whole: its proof was used')
+
+    await sleep(3000)
+    for (const page of pages) await call(page, 'stop')
+    const seen = await seenBy(pages)
+    t.same(seen.map((tab) => tab.signedOut), seen.map(() => []), 'nobody was signed out')
+    t.same(seen.map((tab) => tab.errors), seen.map(() => []), 'no call failed')
+    t.same(seen.map((tab) => tab.expired), seen.map(() => 0), 'never an expired token')
+    const rotations = await rotor.rotations()
+    t.ok(rotations >= 4, `the tabs kept refreshing (${rotations} rotations)`)
+    t.equal(answers.get(200), rotations, 'one refresh per rotation across the tabs')
+    t.equal(await rotor.reuses(), 0, 'no reuse: the thief\'s tries were refused before the store')
+    const last = await call<string | null>(pages[0] as Page, 'token')
+    t.equal((await introspectToken(rotor.app, String(last)))['active'], true, 'the session is alive')
   })
 
   t.test('the naive client in the same storm: tabs refresh the same token, Rotor sees a reuse, and everyone is signed out', async (t) => {
