@@ -38,6 +38,9 @@ export class Latencies {
   }
 }
 
+/** A pooled request that needs headers of its own besides its body. */
+export interface PooledRequest { body: string, headers: Record<string, string> }
+
 export interface LatencySummary { p50: number, p90: number, p99: number, p999: number, max: number, mean: number }
 
 export interface IntervalStats {
@@ -55,8 +58,8 @@ export interface LoadSpec {
   method: 'GET' | 'POST'
   path: string
   headers?: Record<string, string>
-  /** The body of each request, or undefined once the pool is spent (the run then stops short). */
-  body?: () => string | undefined
+  /** The body of each request (with headers of its own, e.g. a DPoP proof), or undefined once the pool is spent (the run then stops short). */
+  body?: () => string | PooledRequest | undefined
   /** At most this many requests (the size of the body pool): no body is ever sent twice. */
   limit?: number
   duration: number
@@ -134,9 +137,14 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
   }
   if (next !== undefined) {
     request.setupRequest = (req: autocannon.Request) => {
-      const body = next()
-      if (body !== undefined) bodiesUsed++
-      req.body = body ?? SPENT
+      const item = next()
+      if (item !== undefined) bodiesUsed++
+      if (typeof item === 'object') {
+        req.body = item.body
+        req.headers = { ...request.headers, ...item.headers }
+      } else {
+        req.body = item ?? SPENT
+      }
       return req
     }
   }

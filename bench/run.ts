@@ -4,7 +4,7 @@
  *   --duration N          seconds measured per scenario (default 10)
  *   --warmup N            seconds of unmeasured warm-up per scenario (default 2)
  *   --connections N       concurrent connections (default 32)
- *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, introspect, introspect-hot, jwks (default all;
+ *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, introspect, introspect-hot, jwks (default all;
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
  *                         refresh; prints bytes per record. Accepts 10k, 1m.

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis'
 import { ServerProcess } from './child.js'
 import { resultsDir, type RunContext } from './context.js'
 import { cpuShare, cpuSnapshot, type CpuShare } from './cpu.js'
-import { runLoad, unhealthy, type LoadResult } from './load.js'
+import { runLoad, unhealthy, type LoadResult, type PooledRequest } from './load.js'
 import type { ScenarioName } from './options.js'
 import { countKeys, deletePrefix, escapeGlob, fillDenylist, type FillResult } from './redis.js'
 import { fmtInt, fmtMiB, fmtMs } from './report.js'
@@ -14,7 +14,7 @@ import { Minter, writeEd25519KeysFile } from './tokens.js'
  * deleted. The soak and --replication run theirs through runScenario too.
  */
 
-type BodyKind = 'none' | 'issue' | 'refresh' | 'introspect' | 'introspect-hot'
+type BodyKind = 'none' | 'issue' | 'refresh' | 'refresh-dpop' | 'introspect' | 'introspect-hot'
 
 export interface Scenario {
   name: string
@@ -35,6 +35,8 @@ const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
   hello: { label: 'hello world (ceiling)', server: 'hello', algorithm: 'EdDSA', method: 'GET', path: '/', apiKey: false, body: 'none', expect: '"hello"', rotates: false },
   issue: { label: 'issue (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens', apiKey: true, body: 'issue', expect: '"refresh_token"', rotates: false },
   refresh: { label: 'refresh (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
+  // A session bound to an ES256 key: one more signature to verify, one more key in the script.
+  'refresh-dpop': { label: 'refresh (EdDSA, DPoP)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh-dpop', expect: '"refresh_token"', rotates: true },
   'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
   // The same 256 access tokens over and over, as backends introspect their users' tokens on every call.
@@ -106,10 +108,10 @@ export interface ScenarioResult {
 
 /** Where bodies come from: pre-minted (one use each) for refresh and introspect. */
 class BodyPool {
-  private bodies: string[] = []
+  private bodies: Array<string | PooledRequest> = []
   private index = 0
-  readonly next = (): string | undefined => this.index < this.bodies.length ? this.bodies[this.index++] : undefined
-  fill (bodies: string[]): void {
+  readonly next = (): string | PooledRequest | undefined => this.index < this.bodies.length ? this.bodies[this.index++] : undefined
+  fill (bodies: Array<string | PooledRequest>): void {
     this.bodies = bodies
     this.index = 0
   }
@@ -123,8 +125,9 @@ function issueBodies (): string[] {
   return Array.from({ length: 1024 }, (_, i) => JSON.stringify({ sub: `user-${i}`, claims: { role: 'editor' } }))
 }
 
-function mint (minter: Minter, kind: BodyKind, n: number): string[] {
+function mint (minter: Minter, kind: BodyKind, n: number, url: string): Array<string | PooledRequest> {
   // Only the one-use kinds are minted into the pool (refresh, introspect).
+  if (kind === 'refresh-dpop') return minter.dpopRefreshRequests(n, url)
   return kind === 'refresh' ? minter.refreshBodies(n) : minter.introspectBodies(n)
 }
 
@@ -139,10 +142,11 @@ export function describeFailures (result: LoadResult): string {
   return parts.join(', ') + (sample === undefined ? '' : `; first: ${sample}`)
 }
 
-async function preflight (server: ServerProcess, s: Scenario, apiKey: string, body: string | undefined): Promise<void> {
+async function preflight (server: ServerProcess, s: Scenario, apiKey: string, item: string | PooledRequest | undefined): Promise<void> {
+  const [body, headers] = typeof item === 'object' ? [item.body, item.headers] : [item, {}]
   const response = await fetch(`${server.url}${s.path}`, {
     method: s.method,
-    headers: { ...(s.apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    headers: { ...(s.apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
     ...(body === undefined ? {} : { body })
   })
   const text = await response.text()
@@ -181,7 +185,9 @@ export interface RunScenarioOptions {
 export async function runScenario (run: RunContext, s: Scenario, opts: RunScenarioOptions): Promise<{ result: ScenarioResult, server: ServerProcess | null, minter: Minter | null, prefix: string, rotations: number, sent: number }> {
   const prefix = `${run.prefix}${++run.scenarioCount}:`
   const target = opts.target ?? sharedTarget(run)
-  const env = s.server === 'rotor' ? rotorEnv(run, s.algorithm, prefix, { ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
+  // Proofs are signed when the pool is minted, before the run: they must stay acceptable through it.
+  const proofAge = s.body === 'refresh-dpop' ? { DPOP_PROOF_MAX_AGE: `${Math.ceil(run.options.warmup + run.options.duration * 3) + 300}s` } : {}
+  const env = s.server === 'rotor' ? rotorEnv(run, s.algorithm, prefix, { ...proofAge, ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
   const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
   const result: ScenarioResult = {
     name: s.name,
@@ -217,13 +223,14 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
 
     server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(run.options.profile ? { profileDir: resultsDir(), profileName: `${run.scenarioCount}-${s.name}` } : {}) })
     run.say(`  server pid ${server.pid} at ${server.url}`)
-    if (s.body === 'refresh' || s.body === 'introspect' || s.body === 'introspect-hot') minter = new Minter(env)
+    if (s.body !== 'none' && s.body !== 'issue') minter = new Minter(env)
+    const refreshUrl = `${server.url}${s.path}`
 
     const pool = new BodyPool()
     // Bodies used round and round (not one use each): issue's, and the hot introspection's tokens.
     const cycled = s.body === 'issue' ? issueBodies() : s.body === 'introspect-hot' && minter !== null ? minter.introspectBodies(256) : []
     let cycledIndex = 0
-    const bodyFor = (): (() => string | undefined) | undefined => {
+    const bodyFor = (): (() => string | PooledRequest | undefined) | undefined => {
       if (s.body === 'none') return undefined
       if (cycled.length > 0) return () => cycled[cycledIndex++ % cycled.length]
       return pool.next
@@ -231,13 +238,13 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
     const mintInto = (n: number): void => {
       if (minter === null) return
       const started = process.hrtime.bigint()
-      pool.fill(mint(minter, s.body, n))
+      pool.fill(mint(minter, s.body, n, refreshUrl))
       result.tokensMinted += n
-      run.say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
+      run.say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : s.body === 'refresh-dpop' ? 'bound refresh tokens and proofs:' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
     }
 
     // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
-    const first = s.body === 'none' ? undefined : cycled.length > 0 ? cycled[0] : minter === null ? undefined : mint(minter, s.body, 1)[0]
+    const first = s.body === 'none' ? undefined : cycled.length > 0 ? cycled[0] : minter === null ? undefined : mint(minter, s.body, 1, refreshUrl)[0]
     if (minter !== null) result.tokensMinted += 1
     await preflight(server, s, run.apiKey, first)
     if (s.rotates) rotations2xx += 1
@@ -256,7 +263,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
       connections: run.options.connections,
       verify: (body) => body.includes(s.expect)
     })
-    const pooled = s.body === 'refresh' || s.body === 'introspect'
+    const pooled = s.body === 'refresh' || s.body === 'refresh-dpop' || s.body === 'introspect'
     // Nothing beats the ceiling.
     const guess = opts.ceilingRps ?? 25_000
 

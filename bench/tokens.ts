@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { createHash, generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -6,6 +6,7 @@ import { loadConfig, type Config } from '../src/config.js'
 import { Keyring } from '../plugins/keyring.js'
 import { loadKeyMaterial } from '../plugins/key-material.js'
 import { mintAccessToken, mintRefreshToken, newSession, randomId } from '../src/minting.js'
+import type { PooledRequest } from './load.js'
 
 /** How many distinct users the minted tokens belong to (each token is its own session). */
 export const SUBJECTS = 100_000
@@ -36,6 +37,20 @@ export function randomSecret (): string {
   return randomBytes(32).toString('base64url')
 }
 
+interface DpopKey { privateKey: KeyObject, jwk: Record<string, unknown>, jkt: string }
+
+function encoded (value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url')
+}
+
+/** A P-256 key and its RFC 7638 thumbprint. */
+function dpopKeyOf (): DpopKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const { crv, kty, x, y } = publicKey.export({ format: 'jwk' })
+  const jkt = createHash('sha256').update(JSON.stringify({ crv, kty, x, y })).digest('base64url')
+  return { privateKey, jwk: { crv, kty, x, y }, jkt }
+}
+
 /**
  * Mints tokens with Rotor's own code (Keyring, mintRefreshToken, mintAccessToken) from the same
  * settings the server child gets: exactly what POST /v1/tokens would answer, without spending the
@@ -56,15 +71,35 @@ export class Minter {
     })
   }
 
-  private session (nowSec: number): ReturnType<typeof newSession> {
+  private session (nowSec: number, jkt?: string): ReturnType<typeof newSession> {
     const n = this.counter++
-    return newSession(`user-${n % SUBJECTS}`, this.config.jwtAudience[0], { ...CLAIMS }, nowSec * 1_000_000)
+    return newSession(`user-${n % SUBJECTS}`, this.config.jwtAudience[0], { ...CLAIMS }, nowSec * 1_000_000, undefined, jkt)
   }
 
-  refreshToken (): string {
+  refreshToken (jkt?: string): string {
     const nowSec = Math.floor(Date.now() / 1000)
-    return mintRefreshToken(this.keyring, this.config, this.session(nowSec), nowSec, randomId()).token
+    return mintRefreshToken(this.keyring, this.config, this.session(nowSec, jkt), nowSec, randomId()).token
   }
+
+  /**
+   * `count` refreshes of sessions bound to one ES256 key (as a browser's @rotor/client makes),
+   * each with its own refresh token and its own DPoP proof for `url`, signed now: a proof lives
+   * DPOP_PROOF_MAX_AGE, which the scenario sets past the run's length.
+   */
+  dpopRefreshRequests (count: number, url: string): PooledRequest[] {
+    const key = this.dpopKey ??= dpopKeyOf()
+    const header = encoded({ typ: 'dpop+jwt', alg: 'ES256', jwk: key.jwk })
+    const iat = Math.floor(Date.now() / 1000)
+    const requests = new Array<PooledRequest>(count)
+    for (let i = 0; i < count; i++) {
+      const input = `${header}.${encoded({ jti: randomId(), htm: 'POST', htu: url, iat })}`
+      const proof = `${input}.${sign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`
+      requests[i] = { body: `{"refresh_token":"${this.refreshToken(key.jkt)}"}`, headers: { dpop: proof } }
+    }
+    return requests
+  }
+
+  private dpopKey: DpopKey | undefined
 
   accessToken (): string {
     const nowSec = Math.floor(Date.now() / 1000)

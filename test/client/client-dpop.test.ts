@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { IDBFactory } from 'fake-indexeddb'
-import { createRotorClient, indexedDbStorage, memoryStorage, type RotorClientOptions } from '@rotor/client'
+import { createDpopKey, createRotorClient, indexedDbStorage, memoryStorage, type RotorClientOptions } from '@rotor/client'
 import { API_KEY, build, decodeJwt, listen, type Pair } from '../support/app.js'
 import type { Test } from '../support/tap.js'
 
@@ -103,4 +103,11 @@ test('a client without dpop refuses to make a thumbprint; a key-less record refr
   t.teardown(() => { bound.close() })
   await bound.setTokens(expired(await login(base, null)))
   t.ok(await bound.getAccessToken(), 'an unbound session set on a dpop client still refreshes')
+})
+
+test('without WebCrypto (an http page that is not localhost) making a key says what is missing', async (t) => {
+  const descriptor = Object.getOwnPropertyDescriptor(globalThis, 'crypto')
+  Object.defineProperty(globalThis, 'crypto', { value: undefined, configurable: true })
+  t.teardown(() => { if (descriptor !== undefined) Object.defineProperty(globalThis, 'crypto', descriptor) })
+  await t.rejects(createDpopKey(), { name: 'TypeError', message: /secure context/ })
 })
