@@ -1,10 +1,11 @@
 import { test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
+import { generateKeyPairSync, sign } from 'node:crypto'
 import { CompactSign, exportJWK, generateKeyPair } from 'jose'
 import { API_KEY, build, decodeJwt, introspectToken, listen, LogCapture, type Pair } from '../support/app.js'
 import { dpopKey, forgedProof, proofFor, type DpopKey } from '../support/dpop.js'
-import { currentNonce } from '../../src/dpop.js'
+import { BoundedMap, currentNonce } from '../../src/dpop.js'
 
 /*
  * DPoP (contract, "DPoP (RFC 9449)"): a session bound at issuance to a key's thumbprint is
@@ -67,6 +68,18 @@ test('a bound refresh token without a proof is 401 token_invalid, and the sessio
   t.equal(owner.statusCode, 200, 'the owner refreshes: nothing was recorded for the thief\'s tries')
 })
 
+test('proofs of each algorithm Rotor takes (ES256, EdDSA, RS256) refresh their sessions', async (t) => {
+  const app = await build(t)
+  for (const alg of ['ES256', 'EdDSA', 'RS256'] as const) {
+    const key = await dpopKey(alg)
+    const pair = await issueBound(app, key)
+    const response = await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))
+    t.equal(response.statusCode, 200, `${alg}: ${response.body}`)
+    const next = await refreshWithProof(app, response.json<Pair>().refresh_token, await proofFor(key, { htu: HTU }))
+    t.equal(next.statusCode, 200, `${alg}, the key already known: ${next.body}`)
+  }
+})
+
 test('issuance refuses a malformed thumbprint and a caller\'s own cnf claim', async (t) => {
   const app = await build(t)
   for (const body of [{ sub: 'a', dpop_jkt: 'short' }, { sub: 'a', dpop_jkt: 'x'.repeat(42) + '=' }, { sub: 'a', dpop_jkt: 7 }, { sub: 'a', claims: { cnf: { jkt: 'x'.repeat(43) } } }]) {
@@ -85,11 +98,32 @@ test('every faulty proof is 400 invalid_dpop_proof, never a 5xx, and leaves the 
   const header = { alg: 'ES256', typ: 'dpop+jwt', jwk: key.jwk }
   const { privateKey } = await generateKeyPair('ES256', { extractable: true })
   const privateJwk = await exportJWK(privateKey)
+  const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({ format: 'jwk' })
+  const rsa1024 = generateKeyPairSync('rsa', { modulusLength: 1024 })
+  const shortRsa = { ...rsa, jwk: rsa1024.publicKey.export({ format: 'jwk' }) }
+  // jose will not sign with a 1024-bit key: node:crypto will.
+  const signWith = (jwsHeader: Record<string, unknown>): string => {
+    const input = `${Buffer.from(JSON.stringify(jwsHeader)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`
+    return `${input}.${sign('sha256', Buffer.from(input), rsa1024.privateKey).toString('base64url')}`
+  }
   const cases: Array<[string, () => Promise<string | string[]>]> = [
     ['alg none', async () => forgedProof({ ...header, alg: 'none' }, claims)],
     ['an HS256 proof', async () => forgedProof({ ...header, alg: 'HS256' }, claims, 'c2lnbmF0dXJl')],
     ['a jwk with private members', async () => proofFor({ ...key, jwk: privateJwk, privateKey }, { htu: HTU })],
     ['no jwk', async () => proofFor(key, { htu: HTU }, { jwk: undefined })],
+    ['a jwk that is an array', async () => forgedProof({ ...header, jwk: [key.jwk] }, claims, 'AAAA')],
+    ['a jwk without y', async () => forgedProof({ ...header, jwk: { ...key.jwk, y: undefined } }, claims, 'AAAA')],
+    ['a jwk whose point is not on the curve', async () => forgedProof({ ...header, jwk: { ...key.jwk, y: key.jwk.x } }, claims, 'AAAA')],
+    ['a P-384 key under ES256', async () => forgedProof({ ...header, jwk: p384 }, claims, 'AAAA')],
+    ['an EC key under EdDSA', async () => forgedProof({ ...header, alg: 'EdDSA' }, claims, 'AAAA')],
+    ['an EC key under RS256', async () => forgedProof({ ...header, alg: 'RS256' }, claims, 'AAAA')],
+    ['an RSA key of 1024 bits', async () => signWith({ alg: 'RS256', typ: 'dpop+jwt', jwk: shortRsa.jwk })],
+    ['a critical header extension', async () => signWith({ alg: 'RS256', typ: 'dpop+jwt', jwk: rsa.jwk, crit: ['exp'], exp: 1 })],
+    ['an alg Rotor does not take (ES384)', async () => forgedProof({ ...header, alg: 'ES384' }, claims, 'AAAA')],
+    ['an alg that is an object key name (constructor)', async () => forgedProof({ ...header, alg: 'constructor' }, claims, 'AAAA')],
+    ['a signature of the wrong length', async () => forgedProof(header, claims, 'AAAA')],
+    ['a header that is no JSON', async () => `bm90IGpzb24.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.AAAA`],
+    ['four segments', async () => `${await proofFor(key, { htu: HTU })}.AAAA`],
     ['a symmetric jwk', async () => forgedProof({ ...header, alg: 'HS256', jwk: { kty: 'oct', k: 'c2VjcmV0' } }, claims, 'c2lnbmF0dXJl')],
     ['a wrong typ', async () => proofFor(key, { htu: HTU }, { typ: 'JWT' })],
     ['a wrong htm', async () => proofFor(key, { htu: HTU, htm: 'GET' })],
@@ -269,4 +303,16 @@ test('CORS lets a page send DPoP and read DPoP-Nonce; proofs never reach the log
   await refreshWithProof(app, pair.refresh_token, proof.slice(0, -2))
   t.notOk(logs.text.includes(proof.split('.')[2]!.slice(0, 20)), 'no proof signature in the log')
   t.notOk(logs.text.includes(proof.split('.')[1]!.slice(0, 20)), 'no proof payload in the log')
+})
+
+test('the imported-key cache keeps its newest entries, never more than its capacity', async (t) => {
+  const map = new BoundedMap<string, number>(2)
+  map.set('a', 1)
+  map.set('b', 2)
+  map.set('a', 3)
+  map.set('c', 4)
+  t.equal(map.size, 2)
+  t.equal(map.get('b'), undefined, 'the oldest left')
+  t.equal(map.get('a'), 3, 'a key set again is new again')
+  t.equal(map.get('c'), 4)
 })
