@@ -1,4 +1,5 @@
 import { test } from 'tap'
+import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import type { Response } from 'light-my-request'
 import { generateKeyPairSync, sign } from 'node:crypto'
@@ -315,4 +316,28 @@ test('the imported-key cache keeps its newest entries, never more than its capac
   t.equal(map.get('b'), undefined, 'the oldest left')
   t.equal(map.get('a'), 3, 'a key set again is new again')
   t.equal(map.get('c'), 4)
+})
+
+test('generated DPoP headers at a bound session\'s refresh: never a 5xx, never a 200, and the session lives on', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const valid = await proofFor(key, { htu: HTU })
+  const [head = '', body = '', signature = ''] = valid.split('.')
+  const segment = fc.oneof(fc.constantFrom(head, body, signature, ''), fc.jsonValue({ maxDepth: 3 }).map((value) => Buffer.from(JSON.stringify(value)).toString('base64url')))
+  const jwkLike = fc.record({ kty: fc.constantFrom('EC', 'OKP', 'RSA', 'oct', 7), crv: fc.constantFrom('P-256', 'Ed25519', 'P-384'), x: fc.oneof(fc.constant(key.jwk.x), fc.string()), y: fc.oneof(fc.constant(key.jwk.y), fc.string()), n: fc.string(), e: fc.string(), d: fc.string() }, { requiredKeys: [] })
+  const forged = fc.tuple(fc.record({ typ: fc.constantFrom('dpop+jwt', 'JWT', undefined), alg: fc.constantFrom('ES256', 'EdDSA', 'RS256', 'none', 'HS256', '__proto__', 'toString'), jwk: fc.oneof(jwkLike, fc.jsonValue({ maxDepth: 2 })), crit: fc.constantFrom(undefined, ['b64']) }, { requiredKeys: [] }), fc.jsonValue({ maxDepth: 2 }), fc.string({ maxLength: 100 }))
+    .map(([header, payload, sig]) => forgedProof(header as Record<string, unknown>, payload as Record<string, unknown>, Buffer.from(sig).toString('base64url')))
+  const mutated = fc.tuple(fc.nat({ max: valid.length - 1 }), fc.constantFrom('A', '.', '-', '_', '=', ' ')).map(([at, c]) => valid.slice(0, at) + c + valid.slice(at + 1))
+  const header = fc.oneof(fc.string({ maxLength: 200 }), fc.tuple(segment, segment, segment).map((parts) => parts.join('.')), forged, mutated, fc.constant('a'.repeat(5000)))
+  const statuses = new Set<number>()
+  await fc.assert(fc.asyncProperty(fc.array(header, { minLength: 1, maxLength: 2 }), async (proofs) => {
+    const printable = proofs.filter((proof) => /^[\t\x20-\x7e]*$/.test(proof))
+    if (printable.length === 0) return
+    const response = await refreshWithProof(app, pair.refresh_token, printable.length === 1 ? printable[0] : printable)
+    statuses.add(response.statusCode)
+    if (response.statusCode >= 500 || response.statusCode === 200) throw new Error(`answered ${response.statusCode}: ${response.body}`)
+  }), { seed: 20261204, numRuns: 600 })
+  t.ok([...statuses].every((status) => status === 400), `only 400s: ${[...statuses].join(', ')}`)
+  t.equal((await refreshWithProof(app, pair.refresh_token, await proofFor(key, { htu: HTU }))).statusCode, 200, 'the session lives on')
 })
