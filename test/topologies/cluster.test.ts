@@ -4,6 +4,7 @@ import { API_KEY, build, introspectToken, issue, listen, refreshWith } from '../
 import { redisCommand, startCluster } from '../support/redis.js'
 import { checkRotationAndRevocation, checkSessions, RefreshTraffic, refreshAtOnce } from '../support/traffic.js'
 import { until } from '../support/wait.js'
+import { dpopKey, proofFor } from '../support/dpop.js'
 
 // One cluster for the file (3 masters, each with a replica); the failover test comes last.
 test('on a Redis Cluster with replicas', async (t) => {
@@ -30,6 +31,22 @@ test('on a Redis Cluster with replicas', async (t) => {
   await t.test('sessions are listed, capped and ended per subject, whichever slot it hashes to', async (t) => {
     const capped = await build(t, { REDIS_URL: '', REDIS_CLUSTER_NODES: cluster.nodes, MAX_SESSIONS_PER_SUBJECT: '2' })
     await checkSessions(t, capped, ['alice', 'bob', 'carol', 'dave', '}x', 'a}b{c', '~x', 'émile ✓'])
+  })
+
+  await t.test('a DPoP proof is used once, its record in the slot of its subject\'s rotation, whichever slot that is', async (t) => {
+    const htu = `${base}/v1/tokens/refresh`
+    for (const sub of ['alice', 'bob', 'carol', '}x', 'émile ✓']) {
+      const key = await dpopKey()
+      const pair = await issue(app, { sub, dpop_jkt: key.jkt })
+      const proof = await proofFor(key, { htu })
+      const answers = await Promise.all(Array.from({ length: 5 }, async () => await fetch(htu, {
+        method: 'POST', headers: { 'content-type': 'application/json', dpop: proof }, body: JSON.stringify({ refresh_token: pair.refresh_token })
+      })))
+      t.same(answers.map((answer) => answer.status).sort(), [200, 400, 400, 400, 400], `${sub}: one rotation, the replays refused`)
+      const next = await answers.find((answer) => answer.status === 200)!.json() as { refresh_token: string }
+      const again = await fetch(htu, { method: 'POST', headers: { 'content-type': 'application/json', dpop: await proofFor(key, { htu }) }, body: JSON.stringify({ refresh_token: next.refresh_token }) })
+      t.equal(again.status, 200, `${sub}: the session goes on`)
+    }
   })
 
   await t.test('30 concurrent refreshes of one token give exactly one success', async (t) => {
