@@ -7,7 +7,7 @@ import type { Evicted } from '../plugins/store/index.js'
 import { checkProof, type ProofRequest } from './dpop.js'
 
 /** A request without DPoP: what callers that have no request (tests, tools) refresh with. */
-const NO_PROOF: ProofRequest = { proofs: [], method: 'POST', url: '' }
+const NO_PROOF = (): ProofRequest => ({ proofs: [], method: 'POST', url: '' })
 
 function replayed (): AppError {
   return new AppError('invalid_dpop_proof', 'this DPoP proof was used before: sign a new one for each request')
@@ -35,7 +35,7 @@ export interface Refreshed {
  * @param presented - the refresh token as the client sent it (anything: it is verified here)
  * @param nowMs - the time of the request, in ms (tests pass their own)
  * @param header - the token's JOSE header when the caller has read it already (see `tokenHeader`)
- * @param proof - the request's DPoP proofs, method and URL: a session bound to a key needs one (none given: as a request without)
+ * @param proof - reads the request's DPoP proofs, method and URL, for a session bound to a key only (none given: a request without)
  * @returns the new pair (or, for a retry within the grace window, the same one again), its session and the jtis
  * @throws TokenRejectedError `token_invalid`, `token_expired`, `token_revoked`, or `TokenReusedError` for a reuse
  * @throws AppError `invalid_dpop_proof` or `use_dpop_nonce` for a bound session's proof (see checkProof), also a proof used before
@@ -46,7 +46,7 @@ export interface Refreshed {
  * reply.send(pair) // { access_token, refresh_token, token_type, expires_in, refresh_expires_in }
  */
 export async function refresh (
-  ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null, proof: ProofRequest = NO_PROOF
+  ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null, proof: () => ProofRequest = NO_PROOF
 ): Promise<Refreshed> {
   const { keyring, denylist, config } = ctx
   const { payload, key } = keyring.verify(presented, 'refresh', nowMs, header)
@@ -60,7 +60,7 @@ export async function refresh (
   }
   // A bound session's proof is checked before the store is asked anything; its replay record is
   // written with the rotation (or, not rotating, on its own), and only with the denylist on.
-  const proven = session.jkt === undefined ? undefined : await checkProof(keyring, config, proof, session.jkt, nowMs)
+  const proven = session.jkt === undefined ? undefined : await checkProof(keyring, config, proof(), session.jkt, nowMs)
 
   if (!config.rotateRefreshTokens) {
     if (config.denylistEnabled) {

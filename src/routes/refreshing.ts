@@ -44,7 +44,7 @@ export async function refreshFor (request: FastifyRequest, reply: FastifyReply, 
   const header = legacyTokens === null ? undefined : tokenHeader(presented)
   const result = legacyTokens !== null && isLegacyHeader(header ?? null)
     ? await exchangeLegacy(ctx, legacyTokens.read(presented))
-    : await refresh(ctx, presented, Date.now(), header, proofRequestOf(request))
+    : await refresh(ctx, presented, Date.now(), header, () => proofRequestOf(request))
   const { metrics, config, keyring } = request.server
   if (config.dpopNonces && result.session.jkt !== undefined) reply.header('dpop-nonce', currentNonce(keyring, config, Date.now()))
   metrics.refreshed.inc({ retry: String(result.isRetry) })
