@@ -59,5 +59,6 @@ export const AuthorizationServerMetadataSchema = Type.Object({
   response_types_supported: Type.Array(Type.String()),
   token_endpoint_auth_methods_supported: Type.Array(Type.String()),
   revocation_endpoint_auth_methods_supported: Type.Array(Type.String()),
-  introspection_endpoint_auth_methods_supported: Type.Array(Type.String())
+  introspection_endpoint_auth_methods_supported: Type.Array(Type.String()),
+  dpop_signing_alg_values_supported: Type.Array(Type.String())
 }, { additionalProperties: true, description: 'RFC 8414 authorization server metadata' })

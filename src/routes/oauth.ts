@@ -10,6 +10,7 @@ import { contextOf } from '../context.js'
 import { introspect, revoke, type Introspection } from '../revocation.js'
 import { refreshFor } from './refreshing.js'
 import { issuerUrl } from '../config.js'
+import { DPOP_ALGORITHMS } from '../dpop.js'
 
 /** RFC 8414 metadata: every URL built from the issuer, so it is right behind a proxy that serves Rotor under it. */
 function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
@@ -25,7 +26,9 @@ function authorizationServerMetadata (issuer: string): Static<typeof Authorizati
     response_types_supported: [],
     token_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
     revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
-    introspection_endpoint_auth_methods_supported: ['client_secret_basic']
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic'],
+    // RFC 9449 §5.1: the proof algorithms the token endpoint takes.
+    dpop_signing_alg_values_supported: [...DPOP_ALGORITHMS]
   }
 }
 

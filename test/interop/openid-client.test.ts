@@ -1,5 +1,6 @@
 import { test } from 'tap'
 import * as oidc from 'openid-client'
+import { calculateJwkThumbprint, exportJWK } from 'jose'
 import { decodeJwt } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
 import { ACCESS_TOKEN_TTL, GATEWAY, GATEWAY_SECRET, issueOverSocket, startRotor, type Rotor } from '../support/oauth.js'
@@ -157,3 +158,30 @@ test('with Redis down, openid-client reports the 503 as an unexpected status; th
   t.match(response.headers.get('retry-after'), /^\d+$/, 'with Retry-After')
   t.match(await response.json(), { error: 'temporarily_unavailable', error_description: /retry/ }, 'RFC 6749\'s shape, for the caller that reads it')
 })
+
+for (const nonces of [false, true]) {
+  test(`openid-client's DPoP (RFC 9449) refreshes a bound session${nonces ? ', following DPOP_NONCES\' use_dpop_nonce' : ''}; without its key the grant is refused`, async (t) => {
+    const rotor = await startRotor(t, nonces ? { DPOP_NONCES: 'true' } : {})
+    const config = await publicClient(rotor)
+    t.same(config.serverMetadata()['dpop_signing_alg_values_supported'], ['ES256', 'EdDSA', 'RS256'], 'RFC 9449 §5.1 metadata')
+    const keyPair = await oidc.randomDPoPKeyPair('ES256')
+    const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey), 'sha256')
+    const pair = await issueOverSocket(rotor, 'dora', jkt)
+    const DPoP = oidc.getDPoPHandle(config, keyPair)
+
+    const withoutKey = await refusal(oidc.refreshTokenGrant(config, pair.refresh_token))
+    t.match(withoutKey, { status: 400, error: 'invalid_grant' }, 'the bound refresh token alone is refused')
+    let first: Awaited<ReturnType<typeof oidc.refreshTokenGrant>>
+    try {
+      first = await oidc.refreshTokenGrant(config, pair.refresh_token, undefined, { DPoP })
+    } catch (error) {
+      // openid-client leaves the retry after use_dpop_nonce to its caller (it keeps the nonce).
+      t.ok(nonces && error instanceof oidc.ResponseBodyError && error.error === 'use_dpop_nonce', `only a nonce may be asked for: ${String(error)}`)
+      first = await oidc.refreshTokenGrant(config, pair.refresh_token, undefined, { DPoP })
+    }
+    t.equal(first.token_type, 'dpop', 'a bound pair is of type DPoP (RFC 9449 §5)')
+    t.same(decodeJwt(first.access_token).payload['cnf'], { jkt }, 'bound to the client\'s key')
+    const second = await oidc.refreshTokenGrant(config, first.refresh_token ?? '', undefined, { DPoP })
+    t.equal(sid(second.refresh_token ?? ''), sid(pair.refresh_token), 'and it goes on rotating with fresh proofs')
+  })
+}

@@ -46,7 +46,8 @@ test('discovery (RFC 8414): every URL built from the issuer, for an issuer URL o
     response_types_supported: [],
     token_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
     revocation_endpoint_auth_methods_supported: ['none', 'client_secret_basic'],
-    introspection_endpoint_auth_methods_supported: ['client_secret_basic']
+    introspection_endpoint_auth_methods_supported: ['client_secret_basic'],
+    dpop_signing_alg_values_supported: ['ES256', 'EdDSA', 'RS256']
   })
   t.match(response.headers['cache-control'], /max-age=/)
   const inserted = await app.inject({ method: 'GET', url: '/.well-known/oauth-authorization-server/rotor' })

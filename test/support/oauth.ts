@@ -33,11 +33,11 @@ export async function startRotor (t: Test, env: Record<string, string> = {}): Pr
 }
 
 /** A session, issued as a backend does: `POST /v1/tokens` over the socket, the gateway's key as HTTP Basic. */
-export async function issueOverSocket (rotor: Rotor, sub = 'alice'): Promise<Pair> {
+export async function issueOverSocket (rotor: Rotor, sub = 'alice', dpopJkt?: string): Promise<Pair> {
   const response = await fetch(`${rotor.issuer}/v1/tokens`, {
     method: 'POST',
     headers: { authorization: `Basic ${Buffer.from(`${GATEWAY}:${GATEWAY_SECRET}`).toString('base64')}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ sub })
+    body: JSON.stringify(dpopJkt === undefined ? { sub } : { sub, dpop_jkt: dpopJkt })
   })
   if (response.status !== 200) throw new Error(`issue failed: ${response.status} ${await response.text()}`)
   return await response.json() as Pair
