@@ -207,7 +207,9 @@ export async function checkProof (
   if (!verify(algorithm.digest, signed, { key, ...algorithm.options }, Buffer.from(signature, 'base64url'))) throw refused('the DPoP proof\'s signature does not verify with the key in its header')
   const claims = jsonOf(encodedPayload, 'payload')
   if (claims['htm'] !== request.method) throw refused(`the DPoP proof's htm must be ${request.method}`)
-  if (normalisedUrl(claims['htu']) !== normalisedUrl(request.url)) throw refused(`the DPoP proof's htu must be ${request.url}`)
+  // Both must be URLs: a Host header no URL parser takes must not match an htu that is none either.
+  const htu = normalisedUrl(claims['htu'])
+  if (htu === null || htu !== normalisedUrl(request.url)) throw refused(`the DPoP proof's htu must be ${request.url}`)
   const { iat, jti } = claims
   const nowSec = nowMs / 1000
   if (typeof iat !== 'number' || !Number.isFinite(iat)) throw refused('the DPoP proof needs a numeric iat')

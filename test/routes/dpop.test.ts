@@ -223,6 +223,19 @@ test('behind a proxy, htu is built from JWT_ISSUER', async (t) => {
     'invalid_dpop_proof', 'the issuer\'s path is part of it')
 })
 
+test('a Host header no URL parser takes matches no htu, not even one that is no URL either', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  for (const htu of ['nonsense', 'http://ex ample/v1/tokens/refresh']) {
+    const response = await app.inject({
+      method: 'POST', url: '/v1/tokens/refresh', headers: { host: 'ex ample', dpop: await proofFor(key, { htu }) }, payload: { refresh_token: pair.refresh_token }
+    })
+    t.equal(response.statusCode, 400, htu)
+    t.equal(codeOf(response), 'invalid_dpop_proof')
+  }
+})
+
 test('DPOP_NONCES=true: a proof without the current nonce is 400 use_dpop_nonce with DPoP-Nonce; with it, 200 and the next nonce', async (t) => {
   const app = await build(t, { DPOP_NONCES: 'true', DPOP_PROOF_MAX_AGE: '30s' })
   const key = await dpopKey()
