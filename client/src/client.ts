@@ -344,8 +344,10 @@ export function createRotorClient (options: RotorClientOptions): RotorClient {
           const current = adopt(await storage.read(key))
           if (current?.dpop !== undefined) return current.dpop.jkt
           const made = await createDpopKey()
-          const { generation: _previous, ...rest } = current ?? { generation: 0 }
-          if (await storage.write(key, { ...rest, dpop: made, generation: after(current) }, current?.generation)) return made.jkt
+          // A session in progress keeps its pair; a sign-out already told is not written again
+          // (every tab would hear of it once more, and a login page that redirects on it would loop).
+          const value = { ...(current?.pair === undefined ? {} : { pair: current.pair }), dpop: made, generation: after(current) }
+          if (await storage.write(key, value, current?.generation)) return made.jkt
         }
       })
     },

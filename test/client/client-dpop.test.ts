@@ -58,6 +58,24 @@ test('a bound session refreshes with proofs of the client\'s key; its refresh to
   t.not(next, jkt, 'a new key after sign-out')
 })
 
+test('a new key after a sign-out tells no tab of that sign-out again', async (t) => {
+  const base = await rotor(t)
+  const storage = memoryStorage()
+  const told: string[] = []
+  const tab = (name: string) => createRotorClient({ baseUrl: base, dpop: true, storage, onSignedOut: (reason) => { told.push(`${name}:${reason}`) } })
+  const [a, b] = [tab('a'), tab('b')]
+  t.teardown(() => { a.close(); b.close() })
+  await a.setTokens(await login(base, await a.dpopThumbprint()))
+  await a.signOut()
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(told.sort(), ['a:signed_out', 'b:signed_out'], 'each tab told once')
+  await b.dpopThumbprint()
+  await a.getAccessToken()
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(told.sort(), ['a:signed_out', 'b:signed_out'], 'and not again when the login page makes its new key')
+  t.equal(await a.getAccessToken(), null, 'still signed out until the next setTokens')
+})
+
 test('with DPOP_NONCES=true the client takes the server\'s nonce and signs again', async (t) => {
   const base = await rotor(t, { DPOP_NONCES: 'true' })
   const requests: string[] = []
