@@ -7,6 +7,7 @@ import { CompactSign, exportJWK, generateKeyPair } from 'jose'
 import { API_KEY, build, decodeJwt, introspectToken, listen, LogCapture, type Pair } from '../support/app.js'
 import { dpopKey, forgedProof, proofFor, type DpopKey } from '../support/dpop.js'
 import { BoundedMap, currentNonce } from '../../src/dpop.js'
+import { refresh } from '../../src/rotation.js'
 
 /*
  * DPoP (contract, "DPoP (RFC 9449)"): a session bound at issuance to a key's thumbprint is
@@ -79,6 +80,16 @@ test('proofs of each algorithm Rotor takes (ES256, EdDSA, RS256) refresh their s
     const next = await refreshWithProof(app, response.json<Pair>().refresh_token, await proofFor(key, { htu: HTU }))
     t.equal(next.statusCode, 200, `${alg}, the key already known: ${next.body}`)
   }
+})
+
+test('the domain\'s refresh() called without a request (a tool, a test) refuses a bound session as a request without a proof', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const ctx = { keyring: app.keyring, denylist: app.denylist, config: app.config, log: app.log }
+  await t.rejects(refresh(ctx, pair.refresh_token), { code: 'token_invalid' })
+  const unbound = await issueBound(app, null)
+  t.equal((await refresh(ctx, unbound.refresh_token)).session.jkt, undefined, 'an unbound one refreshes')
 })
 
 test('issuance refuses a malformed thumbprint and a caller\'s own cnf claim', async (t) => {
