@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util'
 
 /** The command line of bench/run.ts (documented in its header comment and in bench/README.md). */
 
-const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'refresh-dpop', 'introspect', 'introspect-hot', 'jwks'] as const
+const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'refresh-dpop', 'naive', 'naive-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
 export type ScenarioName = typeof SCENARIO_NAMES[number]
 
 export interface Options {

@@ -6,6 +6,7 @@ import { unhealthy } from './load.js'
 import { redisVersion, type FillResult } from './redis.js'
 import { fmtInt, latencyCells, shortCount, table } from './report.js'
 import type { ScenarioResult } from './scenarios.js'
+import { serverCpuUs } from './floor.js'
 
 /** What a run leaves: the tables printed at its end, and bench/results/<timestamp>.json. */
 
@@ -42,6 +43,28 @@ export function resultsTable (results: ScenarioResult[]): string {
     ]
   })
   return table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows)
+}
+
+/** Rotor against the naive reference of the same algorithm, when the run measured both. */
+export interface NaiveRow { label: string, rotorRps: number, naiveRps: number, rotorCpuUs: number | null, naiveCpuUs: number | null }
+
+const NAIVE_PAIRS = [['refresh', 'naive'], ['refresh-hs256', 'naive-hs256']] as const
+
+export function naiveRows (results: ScenarioResult[]): NaiveRow[] {
+  const rows: NaiveRow[] = []
+  for (const [rotorName, naiveName] of NAIVE_PAIRS) {
+    const rotor = results.find((r) => r.name === rotorName && r.fill === null)
+    const naive = results.find((r) => r.name === naiveName)
+    if (rotor?.measured == null || naive?.measured == null) continue
+    rows.push({ label: rotor.label, rotorRps: rotor.measured.rps, naiveRps: naive.measured.rps, rotorCpuUs: serverCpuUs(rotor), naiveCpuUs: serverCpuUs(naive) })
+  }
+  return rows
+}
+
+export function naiveTable (rows: NaiveRow[]): string {
+  const us = (n: number | null): string => n === null ? '?' : n.toFixed(0)
+  return table(['against the naive reference', 'Rotor req/s', 'naive req/s', '× naive', 'Rotor CPU µs/req', 'naive CPU µs/req'],
+    rows.map((r) => [r.label, fmtInt(r.rotorRps), fmtInt(r.naiveRps), (r.rotorRps / r.naiveRps).toFixed(2), us(r.rotorCpuUs), us(r.naiveCpuUs)]))
 }
 
 /** --denylist-sizes: refresh against N records already in Redis. */

@@ -4,7 +4,7 @@
  *   --duration N          seconds measured per scenario (default 10)
  *   --warmup N            seconds of unmeasured warm-up per scenario (default 2)
  *   --connections N       concurrent connections (default 32)
- *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, introspect, introspect-hot, jwks (default all;
+ *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, naive, naive-hs256, introspect, introspect-hot, jwks (default all;
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
  *                         refresh; prints bytes per record. Accepts 10k, 1m.
@@ -36,8 +36,9 @@ import { connectRedis, deletePrefix, usedMemory } from './redis.js'
 import { killAllRedisServers } from './replication.js'
 import { runReplication, type ReplicationReport } from './replication-cost.js'
 import { fmtInt, fmtMiB, loudFailures, shortCount } from './report.js'
-import { denylistTable, describeMachine, resultsTable, writeResults, type DenylistRow } from './results.js'
-import { runScenario, scenario, type ScenarioResult } from './scenarios.js'
+import { denylistTable, describeMachine, naiveRows, naiveTable, resultsTable, writeResults, type DenylistRow } from './results.js'
+import { minterFor, runScenario, scenario, type ScenarioResult } from './scenarios.js'
+import { floorTable, measureFloors, type Floor } from './floor.js'
 import { measureSessionMemory, sessionMemoryTable, type SessionMemoryRow } from './session-memory.js'
 import { runSoak, type SoakReport } from './soak.js'
 import { removeKeysFiles } from './tokens.js'
@@ -95,6 +96,17 @@ async function benchmark (run: RunContext): Promise<number> {
   run.say('')
   run.say(resultsTable(results))
   run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  const naive = naiveRows(results)
+  if (naive.length > 0) {
+    run.say('')
+    run.say(naiveTable(naive))
+  }
+  const floors: Floor[] = run.options.soak === null && shared !== null ? await measureFloors(results, (algorithm) => minterFor(run, algorithm), run.options.redisUrl) : []
+  if (floors.length > 0) {
+    run.say('')
+    run.say(floorTable(floors))
+    run.say('(the floor: one access-token signature, the refresh tokens\' two HMACs, one Redis script round trip\'s client CPU, measured here; one hello-world request\'s server CPU, from the ceiling)')
+  }
   if (denylist.length > 0) {
     run.say('')
     run.say(denylistTable(denylist))
@@ -125,6 +137,8 @@ async function benchmark (run: RunContext): Promise<number> {
     ],
     ceilingRps,
     scenarios: results,
+    againstNaive: naive,
+    floors,
     denylist,
     soak,
     replication,

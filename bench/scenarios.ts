@@ -19,7 +19,7 @@ type BodyKind = 'none' | 'issue' | 'refresh' | 'refresh-dpop' | 'introspect' | '
 export interface Scenario {
   name: string
   label: string
-  server: 'hello' | 'rotor'
+  server: 'hello' | 'rotor' | 'naive'
   algorithm: 'EdDSA' | 'HS256'
   method: 'GET' | 'POST'
   path: string
@@ -37,6 +37,9 @@ const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
   refresh: { label: 'refresh (EdDSA)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   // A session bound to an ES256 key: one more signature to verify, one more key in the script.
   'refresh-dpop': { label: 'refresh (EdDSA, DPoP)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh-dpop', expect: '"refresh_token"', rotates: true },
+  // The reference (bench/naive.ts): the same refresh bodies, a service that does far less.
+  naive: { label: 'naive refresh (EdDSA)', server: 'naive', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
+  'naive-hs256': { label: 'naive refresh (HS256)', server: 'naive', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
   // The same 256 access tokens over and over, as backends introspect their users' tokens on every call.
@@ -63,6 +66,11 @@ function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix: string
     ...run.options.serverEnv,
     ...extra
   }
+}
+
+/** A Minter with the keys a server of this algorithm gets (the floor's signatures and HMACs). */
+export function minterFor (run: RunContext, algorithm: 'EdDSA' | 'HS256'): Minter {
+  return new Minter(rotorEnv(run, algorithm, run.prefix))
 }
 
 /**
@@ -187,7 +195,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
   const target = opts.target ?? sharedTarget(run)
   // Proofs are signed when the pool is minted, before the run: they must stay acceptable through it.
   const proofAge = s.body === 'refresh-dpop' ? { DPOP_PROOF_MAX_AGE: `${Math.ceil(run.options.warmup + run.options.duration * 3) + 300}s` } : {}
-  const env = s.server === 'rotor' ? rotorEnv(run, s.algorithm, prefix, { ...proofAge, ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
+  const env = s.server !== 'hello' ? rotorEnv(run, s.algorithm, prefix, { ...proofAge, ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
   const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
   const result: ScenarioResult = {
     name: s.name,
@@ -195,7 +203,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
     redisKeyPrefix: prefix,
     denylistEntries: opts.fillEntries ?? 0,
     fill: null,
-    server: { kind: s.server, algorithm: s.server === 'rotor' ? s.algorithm : null, env: shownEnv },
+    server: { kind: s.server, algorithm: s.server === 'hello' ? null : s.algorithm, env: shownEnv },
     warmup: null,
     measured: null,
     attempts: 0,
@@ -322,7 +330,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
     run.fail(`${s.label}: ${result.error}`)
   } finally {
     if (server !== null && opts.keepServer !== true) await server.stop()
-    if (target.client !== null && opts.keepServer !== true && s.server === 'rotor') {
+    if (target.client !== null && opts.keepServer !== true && s.server !== 'hello') {
       const started = process.hrtime.bigint()
       const keysDeleted = await deletePrefix(target.client, prefix)
       result.cleanup = { keysDeleted, seconds: Number(process.hrtime.bigint() - started) / 1e9 }

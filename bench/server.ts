@@ -5,6 +5,7 @@
  *   node dist/bench/server.js hello   a bare Fastify hello-world route (the ceiling)
  *   node dist/bench/server.js rotor   Rotor, built exactly as src/server.ts builds it, from the
  *                                     environment the parent hands over
+ *   node dist/bench/server.js naive   the naive refresh service of bench/naive.ts (the reference)
  *
  * It listens on a free port of the loopback and tells the parent over IPC: {type: 'ready', port}.
  * It answers {type: 'stats', id, gc} with process.memoryUsage() (after a full GC when asked and
@@ -20,8 +21,9 @@ import cluster, { type Worker } from 'node:cluster'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
+import { buildNaive } from './naive.js'
 
-export type ServerKind = 'hello' | 'rotor'
+export type ServerKind = 'hello' | 'rotor' | 'naive'
 
 export type ToChild = { type: 'stats', id: number, gc: boolean }
 export interface ServerStats { memory: NodeJS.MemoryUsage, cpu: NodeJS.CpuUsage, collected: boolean }
@@ -41,7 +43,8 @@ async function build (kind: string): Promise<FastifyInstance> {
     return app
   }
   if (kind === 'rotor') return buildApp(loadConfig(process.env))
-  throw new Error(`unknown server kind "${kind}" (expected hello or rotor)`)
+  if (kind === 'naive') return buildNaive(process.env)
+  throw new Error(`unknown server kind "${kind}" (expected hello, rotor or naive)`)
 }
 
 // This child's own process state: its signal and disconnect handlers close the app, once.

@@ -58,7 +58,7 @@ function dpopKeyOf (): DpopKey {
  */
 export class Minter {
   readonly config: Config
-  private readonly keyring: Keyring
+  readonly keyring: Keyring
   private counter = 0
 
   constructor (env: Record<string, string>) {
