@@ -121,6 +121,10 @@ test('a client without dpop refuses to make a thumbprint; a key-less record refr
   t.teardown(() => { bound.close() })
   await bound.setTokens(expired(await login(base, null)))
   t.ok(await bound.getAccessToken(), 'an unbound session set on a dpop client still refreshes')
+  const pair = await login(base, null, 'carl')
+  await bound.setTokens(pair)
+  await bound.dpopThumbprint()
+  t.equal(await bound.getAccessToken(), pair.access_token, 'making a key keeps the session in progress')
 })
 
 test('without WebCrypto (an http page that is not localhost) making a key says what is missing', async (t) => {
