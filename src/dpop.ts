@@ -179,7 +179,7 @@ function keyOf (header: Record<string, unknown>): { key: KeyObject, jkt: string,
 /**
  * Checks the DPoP proof of a refresh of a session bound to `jkt`, per RFC 9449 §4.3: one header;
  * a JWS of type `dpop+jwt` signed with an accepted algorithm by the public key in its header;
- * `htm` and `htu` of this request; `iat` within DPOP_PROOF_MAX_AGE (LEEWAY beside); a `jti`; with
+ * `htm` and `htu` of this request; `iat` within DPOP_PROOF_MAX_AGE of now, either way (LEEWAY beside); a `jti`; with
  * DPOP_NONCES, a current nonce; the key's thumbprint equal to the session's. Whether the proof
  * was seen before is the store's to say, atomically with the rotation (see AcceptedProof).
  *
@@ -213,8 +213,11 @@ export async function checkProof (
   const { iat, jti } = claims
   const nowSec = nowMs / 1000
   if (typeof iat !== 'number' || !Number.isFinite(iat)) throw refused('the DPoP proof needs a numeric iat')
-  if (iat > nowSec + settings.leeway) throw refused('the DPoP proof\'s iat is in the future')
-  if (iat < nowSec - settings.dpopProofMaxAge - settings.leeway) throw refused(`the DPoP proof is older than DPOP_PROOF_MAX_AGE (${settings.dpopProofMaxAge} s)`)
+  // As far ahead as back: browsers' clocks are often off by seconds, and a proof signed "in the
+  // future" is still used once (its record lives until its iat is too old).
+  const window = settings.dpopProofMaxAge + settings.leeway
+  if (iat > nowSec + window) throw refused(`the DPoP proof's iat is more than DPOP_PROOF_MAX_AGE (${settings.dpopProofMaxAge} s) ahead of Rotor's clock`)
+  if (iat < nowSec - window) throw refused(`the DPoP proof is older than DPOP_PROOF_MAX_AGE (${settings.dpopProofMaxAge} s)`)
   if (typeof jti !== 'string' || jti.length === 0 || jti.length > MAX_JTI_LENGTH) throw refused(`the DPoP proof needs a jti of 1 to ${MAX_JTI_LENGTH} characters`)
   if (settings.dpopNonces && !acceptsNonce(keyring, settings, claims['nonce'], nowMs)) {
     throw new AppError('use_dpop_nonce', 'this DPoP proof needs the server nonce given in the DPoP-Nonce header', { 'dpop-nonce': currentNonce(keyring, settings, nowMs) })

@@ -70,6 +70,16 @@ test('a bound refresh token without a proof is 401 token_invalid, and the sessio
   t.equal(owner.statusCode, 200, 'the owner refreshes: nothing was recorded for the thief\'s tries')
 })
 
+test('a client whose clock is ahead (by less than DPOP_PROOF_MAX_AGE) refreshes; its proof is still used once', async (t) => {
+  const app = await build(t)
+  const key = await dpopKey()
+  const pair = await issueBound(app, key)
+  const ahead = await proofFor(key, { htu: HTU, iat: Math.floor(Date.now() / 1000) + 45 })
+  const first = await refreshWithProof(app, pair.refresh_token, ahead)
+  t.equal(first.statusCode, 200, first.body)
+  t.equal(codeOf(await refreshWithProof(app, first.json<Pair>().refresh_token, ahead)), 'invalid_dpop_proof', 'replayed: refused')
+})
+
 test('proofs of each algorithm Rotor takes (ES256, EdDSA, RS256) refresh their sessions', async (t) => {
   const app = await build(t)
   for (const alg of ['ES256', 'EdDSA', 'RS256'] as const) {
@@ -144,7 +154,7 @@ test('every faulty proof is 400 invalid_dpop_proof, never a 5xx, and leaves the 
     ['an htu that is no URL', async () => proofFor(key, { htu: 'refresh' })],
     ['an htu of another scheme', async () => proofFor(key, { htu: 'ws://localhost:80/v1/tokens/refresh' })],
     ['a stale iat', async () => proofFor(key, { htu: HTU, iat: nowSec - 61 })],
-    ['an iat in the future', async () => proofFor(key, { htu: HTU, iat: nowSec + 5 })],
+    ['an iat more than DPOP_PROOF_MAX_AGE ahead', async () => proofFor(key, { htu: HTU, iat: nowSec + 62 })],
     ['no iat', async () => proofFor(key, { htu: HTU, iat: undefined })],
     ['an iat that is a string', async () => proofFor(key, { htu: HTU, iat: String(nowSec) as unknown as number })],
     ['no jti', async () => proofFor(key, { htu: HTU, jti: '' })],
