@@ -59,6 +59,9 @@ export class BoundedMap<K, V> {
  */
 const importedKeys = new BoundedMap<string, KeyObject>(10_000)
 
+/** What the OpenAPI document says of the refresh routes' `DPoP` header (documentation only: a header schema would answer `invalid_request`). */
+export const DPOP_HEADER_DOC = 'A session bound to a DPoP key (`dpop_jkt` at issuance) is refreshed only with one `DPoP` header: a proof of that key for this method and URL (RFC 9449). Without it: 401 token_invalid; a faulty or replayed proof: 400 invalid_dpop_proof; with DPOP_NONCES, 400 use_dpop_nonce and the nonce in `DPoP-Nonce`.'
+
 /** A proof longer than this is refused before anything is decoded (an RS256 proof with a 4096-bit key is ~1,900 characters). */
 export const MAX_PROOF_LENGTH = 4096
 

@@ -10,7 +10,7 @@ import { contextOf } from '../context.js'
 import { introspect, revoke, type Introspection } from '../revocation.js'
 import { refreshFor } from './refreshing.js'
 import { issuerUrl } from '../config.js'
-import { DPOP_ALGORITHMS } from '../dpop.js'
+import { DPOP_ALGORITHMS, DPOP_HEADER_DOC } from '../dpop.js'
 
 /** RFC 8414 metadata: every URL built from the issuer, so it is right behind a proxy that serves Rotor under it. */
 function authorizationServerMetadata (issuer: string): Static<typeof AuthorizationServerMetadataSchema> {
@@ -89,6 +89,7 @@ const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints 
     ...publicClient,
     schema: {
       summary: 'RFC 6749 §6: the refresh grant; the same rotation as /v1/tokens/refresh',
+      description: DPOP_HEADER_DOC,
       tags: ['oauth'],
       consumes: ['application/x-www-form-urlencoded'],
       body: OAuthTokenBodySchema,

@@ -7,6 +7,7 @@ import { contextOf } from '../context.js'
 import { AppError, errorHandler, FieldError, recordError, toAppError, TokenRejectedError } from '../../plugins/errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
+import { DPOP_HEADER_DOC } from '../dpop.js'
 
 /** The field's string value, or a DRF-shaped 400 as djangorestframework-simplejwt would answer. */
 function requiredString (body: Record<string, unknown>, field: string): string {
@@ -60,7 +61,7 @@ const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoute
   app.setErrorHandler(simpleJwtErrors)
 
   app.post('/api/auth/token/refresh/', {
-    schema: schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema)
+    schema: { ...schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema), description: DPOP_HEADER_DOC }
   }, async (request, reply) => {
     const result = await refreshFor(request, reply, requiredString(request.body, 'refresh'))
     return { access: result.pair.access_token, refresh: result.pair.refresh_token }

@@ -6,6 +6,7 @@ import type { Config } from '../config.js'
 import { AppError } from '../../plugins/errors.js'
 import { countListing, refreshFor } from './refreshing.js'
 import { entryOf, recordSession } from '../sessions.js'
+import { DPOP_HEADER_DOC } from '../dpop.js'
 import { introspect, revoke } from '../revocation.js'
 import { MAX_TOKEN_LENGTH } from '../../plugins/keyring.js'
 import { clockUs, MAX_CLAIMS_DEPTH, mintPair, nestsDeeperThan, newSession, randomId, RESERVED_CLAIMS } from '../minting.js'
@@ -60,6 +61,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   app.post('/v1/tokens/refresh', {
     schema: {
       summary: 'Rotate a pair: a new access token and a new refresh token for the same session',
+      description: DPOP_HEADER_DOC,
       tags: ['tokens'],
       body: RefreshBodySchema,
       response: { 200: TokenPairSchema, ...errorResponses(400, 401, 413, 415, 429, 503) }

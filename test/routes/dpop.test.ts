@@ -318,6 +318,14 @@ test('the SimpleJWT route and /oauth2/token require the proof too, each in its o
   t.same(introspected.json().cnf, { jkt: key.jkt }, '/oauth2/introspect returns cnf')
 })
 
+test('the OpenAPI document tells of the DPoP header on every refresh route', async (t) => {
+  const app = await build(t)
+  const document = (await app.inject({ method: 'GET', url: '/openapi.json' })).json<{ paths: Record<string, Record<string, { description?: string }>> }>()
+  for (const path of ['/v1/tokens/refresh', '/api/auth/token/refresh/', '/oauth2/token']) {
+    t.match(document.paths[path]?.['post']?.description, /DPoP/, path)
+  }
+})
+
 test('CORS lets a page send DPoP and read DPoP-Nonce; proofs never reach the log', async (t) => {
   const logs = new LogCapture()
   const app = await build(t, { DPOP_NONCES: 'true' }, logs)
