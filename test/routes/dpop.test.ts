@@ -371,7 +371,14 @@ test('generated DPoP headers at a bound session\'s refresh: never a 5xx, never a
   const forged = fc.tuple(fc.record({ typ: fc.constantFrom('dpop+jwt', 'JWT', undefined), alg: fc.constantFrom('ES256', 'EdDSA', 'RS256', 'none', 'HS256', '__proto__', 'toString'), jwk: fc.oneof(jwkLike, fc.jsonValue({ maxDepth: 2 })), crit: fc.constantFrom(undefined, ['b64']) }, { requiredKeys: [] }), fc.jsonValue({ maxDepth: 2 }), fc.string({ maxLength: 100 }))
     .map(([header, payload, sig]) => forgedProof(header as Record<string, unknown>, payload as Record<string, unknown>, Buffer.from(sig).toString('base64url')))
   const mutated = fc.tuple(fc.nat({ max: valid.length - 1 }), fc.constantFrom('A', '.', '-', '_', '=', ' ')).map(([at, c]) => valid.slice(0, at) + c + valid.slice(at + 1))
+  // The generators can rebuild the valid proof itself, or one that decodes to the same bytes (the
+  // last character of a base64url segment carries unused bits): that one is no fault, and is left out.
+  const decodesToValid = (proof: string): boolean => {
+    const parts = proof.split('.')
+    return parts.length === 3 && parts[0] === head && parts[1] === body && Buffer.from(parts[2] ?? '', 'base64url').equals(Buffer.from(signature, 'base64url'))
+  }
   const header = fc.oneof(fc.string({ maxLength: 200 }), fc.tuple(segment, segment, segment).map((parts) => parts.join('.')), forged, mutated, fc.constant('a'.repeat(5000)))
+    .filter((proof) => !decodesToValid(proof))
   const statuses = new Set<number>()
   await fc.assert(fc.asyncProperty(fc.array(header, { minLength: 1, maxLength: 2 }), async (proofs) => {
     const printable = proofs.filter((proof) => /^[\t\x20-\x7e]*$/.test(proof))
