@@ -190,9 +190,9 @@ function keyOf (header: Record<string, unknown>): { key: KeyObject, jkt: string,
  * usable alone); AppError `invalid_dpop_proof` for any fault of the proof, `use_dpop_nonce` (with
  * the header `DPoP-Nonce`) when a nonce is needed
  */
-export async function checkProof (
+export function checkProof (
   keyring: Keyring, settings: ProofSettings, request: ProofRequest, jkt: string, nowMs: number
-): Promise<AcceptedProof> {
+): AcceptedProof {
   if (request.proofs.length === 0) throw new TokenRejectedError('token_invalid', 'this session is bound to a DPoP key: its refresh needs a DPoP proof')
   if (request.proofs.length > 1) throw refused('send exactly one DPoP header')
   const proof = request.proofs[0] as string

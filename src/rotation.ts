@@ -60,7 +60,7 @@ export async function refresh (
   }
   // A bound session's proof is checked before the store is asked anything; its replay record is
   // written with the rotation (or, not rotating, on its own), and only with the denylist on.
-  const proven = session.jkt === undefined ? undefined : await checkProof(keyring, config, proof(), session.jkt, nowMs)
+  const proven = session.jkt === undefined ? undefined : checkProof(keyring, config, proof(), session.jkt, nowMs)
 
   if (!config.rotateRefreshTokens) {
     if (config.denylistEnabled) {
