@@ -4,7 +4,7 @@
  *
  *   node dist/bench/server.js hello   a bare Fastify hello-world route (the ceiling)
  *   node dist/bench/server.js rotor   Rotor, built exactly as src/server.ts builds it, from the
- *                                     environment the parent hands over
+ *                                     environment the parent hands over (its log into /dev/null)
  *   node dist/bench/server.js naive   the naive refresh service of bench/naive.ts (the reference)
  *
  * It listens on a free port of the loopback and tells the parent over IPC: {type: 'ready', port}.
@@ -22,6 +22,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { buildNaive } from './naive.js'
+import { bufferedDestination } from '../plugins/logging.js'
 
 export type ServerKind = 'hello' | 'rotor' | 'naive'
 
@@ -42,7 +43,9 @@ async function build (kind: string): Promise<FastifyInstance> {
     app.get('/', async () => ({ hello: 'world' }))
     return app
   }
-  if (kind === 'rotor') return buildApp(loadConfig(process.env))
+  // Logged as src/server.ts logs (buffered, off the request's path), into /dev/null: the
+  // terminal is the bench's own.
+  if (kind === 'rotor') return buildApp(loadConfig(process.env), { logStream: bufferedDestination('/dev/null').stream })
   if (kind === 'naive') return buildNaive(process.env)
   throw new Error(`unknown server kind "${kind}" (expected hello, rotor or naive)`)
 }

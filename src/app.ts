@@ -1,7 +1,8 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox'
+import type { DestinationStream } from 'pino'
 import type { Config } from './config.js'
-import { REDACT_PATHS, serializeRequest } from '../plugins/logging.js'
+import { censorSecrets, REDACT_PATHS, RequestLogController, serializeRequest } from '../plugins/logging.js'
 import errorsPlugin, { BODY_LIMIT, errorHandler } from '../plugins/errors.js'
 import securityHeadersPlugin from '../plugins/security-headers.js'
 import configPlugin from '../plugins/config.js'
@@ -26,7 +27,7 @@ import { buildManagementApp } from './management.js'
 
 export interface BuildOptions {
   /** A pino destination stream (tests capture the log through it); stdout by default. */
-  logStream?: NodeJS.WritableStream
+  logStream?: DestinationStream
   /** How long a connection may sit idle mid-request before it is closed (ms); 10 s by default. */
   idleTimeoutMs?: number
   /** How long a whole request (headers and body) may take to arrive (ms); 30 s by default. */
@@ -46,12 +47,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   const logger: FastifyServerOptions['logger'] = {
     level: config.logLevel,
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    formatters: { log: censorSecrets },
     serializers: { req: serializeRequest },
     ...(options.logStream === undefined ? {} : { stream: options.logStream })
   }
   const requestTimeout = options.requestTimeoutMs ?? 30_000
   const app = Fastify({
     logger,
+    // Per-request lines at debug (see RequestLogController): at info, one line per token event.
+    logController: new RequestLogController(),
     bodyLimit: BODY_LIMIT,
     trustProxy: config.trustProxy ?? false,
     // A body that stalls is cut off by the idle timeout; one that trickles, by the request timeout.

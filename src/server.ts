@@ -5,6 +5,7 @@ import { buildApp } from './app.js'
 import { loadConfig, type Config } from './config.js'
 import { ConfigError, StartupError } from '../plugins/errors.js'
 import { clusterMetrics, runPrimary } from './workers.js'
+import { bufferedDestination } from '../plugins/logging.js'
 
 // The only file that reads process.env, listens, and handles signals.
 if (existsSync('.env')) process.loadEnvFile('.env')
@@ -22,7 +23,9 @@ try {
 }
 
 async function serve (config: Config): Promise<void> {
-  const app = await buildApp(config)
+  // Standard output, buffered: a log line never makes a request wait for the write.
+  const log = bufferedDestination(1)
+  const app = await buildApp(config, { logStream: log.stream })
 
   if (config.generatedApiKey !== null) {
     // Printed once, to the terminal and not into the log stream, so it never lands in a log store.
@@ -50,6 +53,7 @@ async function serve (config: Config): Promise<void> {
     if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
     else app.log.info({ signal }, 'shutting down')
     await app.close()
+    log.stop()
   })
 
   await app.listen({ port: config.port, host: config.host })

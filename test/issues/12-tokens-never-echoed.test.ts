@@ -35,7 +35,8 @@ test('a token in the URL, in the path or as a property name reaches neither the 
 
 test('addresses and ordinary paths are not mistaken for tokens', async (t) => {
   const logs = new LogCapture()
-  const app = await build(t, { LOG_LEVEL: 'info' }, logs)
+  // A 2xx's request line is at debug.
+  const app = await build(t, { LOG_LEVEL: 'debug' }, logs)
   const response = await app.inject({ method: 'GET', url: '/v1/no.such.route' })
   t.equal(response.json<{ message: string }>().message, 'no route GET /v1/no.such.route', 'short segments stay')
   await app.inject({ method: 'GET', url: '/.well-known/jwks.json' })
