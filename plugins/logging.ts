@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { LogController } from 'fastify'
-import { pino } from 'pino'
+import type { DestinationStream } from 'pino'
+import sonicBoom, { type SonicBoomOpts } from 'sonic-boom'
 
 /**
  * Paths of the serialized request and answer that could carry a secret: pino replaces them with
@@ -87,6 +88,7 @@ export class RequestLogController extends LogController {
   }
 
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    /* c8 ignore next: an answer's stream failing mid-write (Node's 'error' on the response); Fastify's own line, kept */
     if (error !== null && error !== undefined) reply.log.error({ req: request, res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored')
     else if (reply.statusCode >= 400) reply.log.info({ req: request, res: reply, responseTime: reply.elapsedTime }, 'request completed')
     else reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed')
@@ -98,27 +100,37 @@ export const LOG_FLUSH_MS = 250
 
 /**
  * Where Rotor's process logs (src/server.ts): a file descriptor or a file, written off the
- * request's path. Lines gather in a buffer (pino's own sonic-boom, asynchronous) and leave in one
- * write per 4 KiB or every LOG_FLUSH_MS, whichever comes first; what is still buffered when the
- * process exits (an error included) is written synchronously then. A SIGKILL loses at most the
- * last LOG_FLUSH_MS. `stop` writes what is left and ends the timer.
+ * request's path. Lines gather in a buffer (sonic-boom, pino's own destination, asynchronous) and
+ * leave in one write per 4 KiB or every LOG_FLUSH_MS, whichever comes first; what is still
+ * buffered when the process exits (an error included) is written synchronously then. A SIGKILL
+ * loses at most the last LOG_FLUSH_MS.
+ *
+ * sonic-boom 5 rather than pino.destination() (sonic-boom 4): at exit, 4 retried a write to a pipe
+ * whose reader had left (EPIPE) forever, and the process never exited. Here such a destination
+ * ends logging, said once on stderr; the service goes on. `stop` writes what is left.
  */
-export function bufferedDestination (dest: number | string): { stream: pino.DestinationStream, stop: () => void } {
-  const stream = pino.destination({ dest, sync: false, minLength: 4096 })
-  const timer = setInterval(() => { stream.flush() }, LOG_FLUSH_MS)
-  timer.unref()
+export function bufferedDestination (dest: number | string): { stream: DestinationStream, stop: () => void } {
+  // maxWriteRetries (missing from sonic-boom's types): a full pipe at exit is retried for 2 s at most.
+  const options: SonicBoomOpts & { maxWriteRetries: number } = { dest, sync: false, minLength: 4096, periodicFlush: LOG_FLUSH_MS, maxWriteRetries: 20 }
+  const stream = new sonicBoom.SonicBoom(options)
+  let broken = false
+  stream.on('error', (error: Error) => {
+    if (broken) return
+    broken = true
+    process.stderr.write(`rotor: the log destination failed (${error.message}): nothing more is logged\n`)
+  })
   const flushNow = (): void => {
+    if (broken) return
     try {
       stream.flushSync()
     } catch {
-      // Nothing left to write to (a closed pipe): nothing to do about it while exiting.
+      // Nothing to write to any more (a pipe whose reader left): nothing to do about it while exiting.
     }
   }
   process.on('exit', flushNow)
   return {
-    stream,
+    stream: { write: (line: string) => { if (!broken) stream.write(line) } },
     stop: () => {
-      clearInterval(timer)
       process.off('exit', flushNow)
       flushNow()
     }

@@ -30,3 +30,26 @@ test('buffered log lines are never lost: written at exit, after an uncaught erro
     t.same(lines(file), ['first line', 'second line'], `${mode}: both lines are in the file, in order`)
   }
 })
+
+/** The writer logging to a pipe its parent closed at once; told to end `afterMs` after it logged. */
+async function logIntoClosedPipe (afterMs: number): Promise<{ ended: unknown, stderr: string }> {
+  const child = fork(WRITER, ['', 'gone'], { execArgv: process.execArgv, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
+  child.stdout!.destroy()
+  let stderr = ''
+  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  await new Promise((resolve) => child.once('message', resolve))
+  await new Promise((resolve) => setTimeout(resolve, afterMs))
+  child.send('exit')
+  const ended = await new Promise((resolve) => child.once('exit', (code, signal) => { resolve({ code, signal }) }))
+  return { ended, stderr }
+}
+
+test('a destination that can no longer be written (a pipe whose reader left) does not turn a clean exit into a crash', async (t) => {
+  const atExit = await logIntoClosedPipe(0)
+  t.same(atExit.ended, { code: 0, signal: null }, 'found out at exit: a clean exit still')
+  t.notMatch(atExit.stderr, /EPIPE|Error/, 'nothing thrown on the way out')
+
+  const before = await logIntoClosedPipe(LOG_FLUSH_MS * 4)
+  t.same(before.ended, { code: 0, signal: null }, 'found out by a periodic write: the process went on, and exits cleanly')
+  t.match(before.stderr, /^rotor: the log destination failed \(EPIPE[^\n]*\): nothing more is logged\n$/, 'said once, on stderr')
+})
