@@ -43,15 +43,16 @@ export class ServerProcess {
 
   /**
    * Forks bench/server.js with exactly `env` (plus PATH/HOME), so no Rotor setting of the shell
-   * that runs the bench leaks in. `exposeGc`: memory samples are taken after a full GC.
+   * that runs the bench leaks in. `exposeGc`: memory samples are taken after a full GC. `cpus`: the
+   * child pins itself (and the workers it forks) to that CPU list first.
    */
-  static async start (kind: ServerKind, env: Record<string, string>, options: { exposeGc?: boolean, profileDir?: string, profileName?: string } = {}): Promise<ServerProcess> {
+  static async start (kind: ServerKind, env: Record<string, string>, options: { exposeGc?: boolean, profileDir?: string, profileName?: string, cpus?: string | null } = {}): Promise<ServerProcess> {
     const childEnv: Record<string, string> = { ...env }
     for (const name of ['PATH', 'HOME', 'TMPDIR']) {
       const value = process.env[name]
       if (value !== undefined) childEnv[name] = value
     }
-    const child = fork(SERVER_SCRIPT, [kind], {
+    const child = fork(SERVER_SCRIPT, [kind, ...(options.cpus === undefined || options.cpus === null ? [] : [options.cpus])], {
       env: childEnv,
       execArgv: [
         ...(options.exposeGc === true ? ['--expose-gc'] : []),

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util'
+import { CPU_LIST } from './pinning.js'
 
 /** The command line of bench/run.ts (documented in its header comment and in bench/README.md). */
 
@@ -18,12 +19,16 @@ export interface Options {
   replication: boolean
   serverEnv: Record<string, string>
   profile: boolean
+  /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
+  serverCpus: string | null
+  loadgenCpus: string | null
   redisUrl: string
 }
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]`
+         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]
+         [--server-cpus LIST --loadgen-cpus LIST]`
 
 class UsageError extends Error {}
 
@@ -60,6 +65,8 @@ export function parseOptions (argv: string[]): Options {
       replication: { type: 'boolean' },
       'server-env': { type: 'string', multiple: true },
       profile: { type: 'boolean' },
+      'server-cpus': { type: 'string' },
+      'loadgen-cpus': { type: 'string' },
       help: { type: 'boolean', short: 'h' }
     }
   })
@@ -86,6 +93,10 @@ export function parseOptions (argv: string[]): Options {
   const replication = values.replication === true
   const sessionMemory = counts('session-memory', values['session-memory'])
   if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
+  for (const option of ['server-cpus', 'loadgen-cpus'] as const) {
+    const list = values[option]
+    if (list !== undefined && !CPU_LIST.test(list)) throw new UsageError(`--${option} ${list}: expected a CPU list such as 1, 0-3 or 0,2`)
+  }
   return {
     duration: positive('duration', values.duration, 10),
     warmup: positive('warmup', values.warmup, 2, 0),
@@ -98,6 +109,8 @@ export function parseOptions (argv: string[]): Options {
     replication,
     serverEnv,
     profile: values.profile === true,
+    serverCpus: values['server-cpus'] ?? null,
+    loadgenCpus: values['loadgen-cpus'] ?? null,
     redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
   }
 }

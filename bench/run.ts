@@ -21,6 +21,9 @@
  *                         shared Redis is not needed); with --scenarios/--denylist-sizes, those too.
  *   --server-env K=V      extra setting for the Rotor child (repeatable), e.g. RATE_LIMIT_ALLOW=127.0.0.1
  *   --profile             run each server child with --cpu-prof; profiles go to bench/results/
+ *   --server-cpus LIST    pin the server child (and its workers) to these CPUs (taskset's list: 1, 0-3)
+ *   --loadgen-cpus LIST   pin this process (autocannon, the floor) to these CPUs; with --server-cpus
+ *                         disjoint, the server has its cores to itself (Redis is not pinned)
  *
  * The server under test runs in a child process (bench/server.ts); autocannon runs here. Redis:
  * TEST_REDIS_URL or redis://127.0.0.1:6379, under a prefix of this run only, deleted afterwards
@@ -42,6 +45,7 @@ import { floorTable, measureFloors, type Floor } from './floor.js'
 import { measureSessionMemory, sessionMemoryTable, type SessionMemoryRow } from './session-memory.js'
 import { runSoak, type SoakReport } from './soak.js'
 import { removeKeysFiles } from './tokens.js'
+import { pinToCpus } from './pinning.js'
 
 /** Everything the options ask for, in order, then the tables and the results file: the exit code. */
 async function benchmark (run: RunContext): Promise<number> {
@@ -59,7 +63,8 @@ async function benchmark (run: RunContext): Promise<number> {
   const shared = run.redis
   const machine = await describeMachine(shared)
   run.say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${run.options.redisUrl}`}`)
-  run.say(`server in a child process, autocannon here, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
+  const pinned = (cpus: string | null): string => cpus === null ? '' : ` (CPUs ${cpus})`
+  run.say(`server in a child process${pinned(run.options.serverCpus)}, autocannon here${pinned(run.options.loadgenCpus)}, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
   const denylist: DenylistRow[] = []
@@ -192,6 +197,14 @@ async function main (argv: string[]): Promise<number> {
     return 2
   }
   const run = new RunContext(options)
+  if (options.loadgenCpus !== null) {
+    try {
+      pinToCpus(process.pid, options.loadgenCpus)
+    } catch (error) {
+      process.stderr.write(`bench: ${(error as Error).message}\n`)
+      return 2
+    }
+  }
   let exiting = false
   const abort = async (why: string, code: number): Promise<void> => {
     if (exiting) process.exit(code)

@@ -229,7 +229,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
       run.say(`  bytes per record: ${fill.bytesPerEntryUsedMemory.toFixed(1)} (INFO used_memory delta / N), ${fill.bytesPerEntryMemoryUsage.toFixed(1)} (MEMORY USAGE, mean of ${fill.sampled} keys); key ${fill.keyLength} bytes, e.g. ${fill.exampleKey}`)
     }
 
-    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, ...(run.options.profile ? { profileDir: resultsDir(), profileName: `${run.scenarioCount}-${s.name}` } : {}) })
+    server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, cpus: run.options.serverCpus, ...(run.options.profile ? { profileDir: resultsDir(), profileName: `${run.scenarioCount}-${s.name}` } : {}) })
     run.say(`  server pid ${server.pid} at ${server.url}`)
     if (s.body !== 'none' && s.body !== 'issue') minter = new Minter(env)
     const refreshUrl = `${server.url}${s.path}`

@@ -7,6 +7,8 @@
  *                                     environment the parent hands over (its log into /dev/null)
  *   node dist/bench/server.js naive   the naive refresh service of bench/naive.ts (the reference)
  *
+ * A second argument, a CPU list (`1`, `0-3`), pins it first, with every worker it then forks.
+ *
  * It listens on a free port of the loopback and tells the parent over IPC: {type: 'ready', port}.
  * It answers {type: 'stats', id, gc} with process.memoryUsage() (after a full GC when asked and
  * started with --expose-gc) and process.cpuUsage(), so the bench can watch its heap and CPU
@@ -23,6 +25,7 @@ import { buildApp } from '../src/app.js'
 import { loadConfig } from '../src/config.js'
 import { buildNaive } from './naive.js'
 import { bufferedDestination } from '../plugins/logging.js'
+import { pinToCpus } from './pinning.js'
 
 export type ServerKind = 'hello' | 'rotor' | 'naive'
 
@@ -77,6 +80,9 @@ function ownStats (gc: boolean): ServerStats {
   if (collect !== undefined) collect()
   return { memory: process.memoryUsage(), cpu: process.cpuUsage(), collected: collect !== undefined }
 }
+
+const cpus = process.argv[3]
+if (cpus !== undefined && cluster.isPrimary) pinToCpus(process.pid, cpus)
 
 const workers = Number(process.env['WORKERS'] ?? '1')
 if (process.argv[2] === 'rotor' && workers > 1 && cluster.isPrimary) {
