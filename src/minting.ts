@@ -120,8 +120,8 @@ export function newSession (sub: string, aud: string | string[] | undefined, cla
 /** The session a verified token belongs to: its reserved claims read back, the rest is custom. */
 export function sessionOf (payload: Payload): Session {
   const claims: Payload = {}
-  for (const [name, value] of Object.entries(payload)) {
-    if (!RESERVED_CLAIMS.has(name)) claims[name] = value
+  for (const name in payload) {
+    if (!RESERVED_CLAIMS.has(name)) claims[name] = payload[name]
   }
   const sid = payload['sid'] as string
   const authTime = payload['auth_time'] as number
@@ -149,21 +149,24 @@ export function expiryOf (settings: MintSettings, session: Session, iat: number,
  * which only Rotor reads; in the access token only with ACCESS_TOKEN_PROFILE=rfc9068.
  */
 function payloadOf (settings: MintSettings, session: Session, type: 'access' | 'refresh', iat: number, exp: number, jti: string): Payload {
-  const withClient = session.clientId !== undefined && (type === 'refresh' || settings.accessTokenProfile === 'rfc9068')
-  return {
-    ...session.claims,
-    iss: settings.jwtIssuer,
-    sub: session.sub,
-    ...(session.aud === undefined ? {} : { aud: session.aud }),
-    iat,
-    exp,
-    jti,
-    sid: session.sid,
-    auth_time: session.authTime,
-    token_type: type,
-    ...(withClient ? { client_id: session.clientId } : {}),
-    ...(session.jkt === undefined ? {} : { cnf: { jkt: session.jkt } })
-  }
+  // Assignments, not spreads: spreading after the first member went through V8's slow generic
+  // copy, a tenth of a refresh's CPU. The members' order is the token's (the custom claims first).
+  // No claim is named __proto__: the JSON parser refuses it at issuance (Fastify's proto-poisoning guard).
+  const payload: Payload = {}
+  const { claims } = session
+  for (const name in claims) payload[name] = claims[name]
+  payload['iss'] = settings.jwtIssuer
+  payload['sub'] = session.sub
+  if (session.aud !== undefined) payload['aud'] = session.aud
+  payload['iat'] = iat
+  payload['exp'] = exp
+  payload['jti'] = jti
+  payload['sid'] = session.sid
+  payload['auth_time'] = session.authTime
+  payload['token_type'] = type
+  if (session.clientId !== undefined && (type === 'refresh' || settings.accessTokenProfile === 'rfc9068')) payload['client_id'] = session.clientId
+  if (session.jkt !== undefined) payload['cnf'] = { jkt: session.jkt }
+  return payload
 }
 
 export function mintAccessToken (keyring: Keyring, settings: MintSettings, session: Session, iat: number, jti: string): { token: string, exp: number } {

@@ -82,7 +82,9 @@ export async function refresh (
 
   const ids = { access: keyring.deriveId(key, 'access', previousJti), refresh: keyring.deriveId(key, 'refresh', previousJti) }
   const outcome = await denylist.rotate({
-    ...token,
+    sub: session.sub,
+    sid: session.sid,
+    jti: previousJti,
     issuedUs: session.issuedUs,
     childJti: ids.refresh,
     nowMs,
