@@ -1,3 +1,5 @@
+import { Cluster } from 'ioredis'
+import keySlot from 'cluster-key-slot'
 import { StoreUnavailableError } from '../errors.js'
 import { COMMAND_TIMEOUT_MS, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
@@ -13,7 +15,7 @@ const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 type WriteCommand = 'rotorRotate' | 'rotorRotateProven' | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
 type Send = (...args: Array<string | number>) => unknown
-type Confirm = (key: string, atMs: string) => Promise<unknown>
+type Confirm = (keys: number, ...keysThenTimes: string[]) => Promise<unknown>
 interface Queue { exec: () => Promise<unknown> }
 
 /**
@@ -31,6 +33,19 @@ export function hashTag (sub: string): string {
 
 /** How many replicas must confirm each write (Redis WAIT), and for how long to wait for them. */
 export interface Durability { replicas: number, timeoutMs: number }
+
+/** Keys in groups one script may take: all together, or on a Cluster, one group per hash slot. */
+export function groupBySlot (keys: string[], cluster: boolean): string[][] {
+  if (!cluster) return [keys]
+  const groups = new Map<number, string[]>()
+  for (const key of keys) {
+    const slot = keySlot(key)
+    const group = groups.get(slot)
+    if (group === undefined) groups.set(slot, [key])
+    else group.push(key)
+  }
+  return [...groups.values()]
+}
 
 /**
  * An index entry as the hash holds it (see INDEX in scripts.ts): `<issued µs> <refreshed − issued
@@ -78,6 +93,8 @@ export class RedisDenylist implements Denylist {
   private readonly inFlightMs: number
   /** Redis's clock minus ours (ms), measured at every connection; deadlines are on Redis's clock. */
   private clockOffsetMs = 0
+  /** Rotations answered in this turn of the event loop, confirmed together at its end (record key → its time). */
+  private confirming: Map<string, string> | null = null
 
   constructor (
     client: RedisClient, prefix: string, health: RedisHealth, durability: Durability, marker: StoreMarker, sessions: SessionIndexSettings, side: RedisClient
@@ -95,7 +112,8 @@ export class RedisDenylist implements Denylist {
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 3, lua: REVOKE_SUBJECT })
     client.defineCommand('rotorRevokeSession', { numberOfKeys: 3, lua: REVOKE_SESSION })
     side.defineCommand('rotorRecordSession', { numberOfKeys: 3, lua: RECORD_SESSION })
-    side.defineCommand('rotorConfirm', { numberOfKeys: 1, lua: CONFIRM })
+    // As many keys as rotations to confirm (one slot's, on a Cluster): the count comes first.
+    side.defineCommand('rotorConfirm', { lua: CONFIRM })
     client.defineCommand('rotorListSessions', { numberOfKeys: 3, lua: LIST_SESSIONS })
     client.defineCommand('rotorEndSessions', { numberOfKeys: 3, lua: END_SESSIONS })
   }
@@ -150,12 +168,34 @@ export class RedisDenylist implements Denylist {
       ...(proof === undefined ? [] : [Math.max(1, Math.ceil(proof.ttlMs))])
     ) as [string, string, number, Evicted]
     if (status !== 'rotated' && status !== 'grace') return { status: status as 'revoked' | 'reused' | 'replayed' }
-    // The answer reached Rotor: confirm it. Not awaited, nor its failure a 503: a rotation left
-    // unconfirmed only lets its client's retry through (see ROTATE). Over the side connection,
-    // where it shares a write with other requests' commands (a write system call per command
-    // was a fifth of a refresh's CPU).
-    if (unconfirmed === 1) (this.side as unknown as { rotorConfirm: Confirm }).rotorConfirm(record, at).catch(() => {})
+    // The answer reached Rotor: confirm it, with the other rotations of this turn, over the side connection.
+    if (unconfirmed === 1) this.confirm(record, at)
     return { status, rotatedAtMs: Number(at), evicted }
+  }
+
+  /**
+   * Confirms a rotation whose answer reached Rotor, together with every other one of this turn
+   * of the event loop: one command for all (on a Cluster, one per hash slot), sent when the turn's
+   * I/O is done. Not awaited, nor its failure a 503: a rotation left unconfirmed only lets its
+   * client's retry through (see ROTATE). A command per rotation was a tenth of a refresh's CPU.
+   */
+  private confirm (record: string, atMs: string): void {
+    if (this.confirming === null) {
+      const batch = new Map<string, string>()
+      this.confirming = batch
+      setImmediate(() => {
+        this.confirming = null
+        this.sendConfirms(batch)
+      })
+    }
+    this.confirming.set(record, atMs)
+  }
+
+  private sendConfirms (batch: Map<string, string>): void {
+    const send = (this.side as unknown as { rotorConfirm: Confirm }).rotorConfirm.bind(this.side)
+    for (const keys of groupBySlot([...batch.keys()], this.side instanceof Cluster)) {
+      send(keys.length, ...keys, ...keys.map((key) => batch.get(key)!)).catch(() => {})
+    }
   }
 
   async state (ref: TokenRef): Promise<TokenState> {

@@ -274,8 +274,10 @@ expire(index)
 return ended
 `
 
-/** Confirms a rotation Rotor got the answer of. KEYS: the jti's record. ARGV: its time (ms). */
+/** Confirms rotations Rotor got the answers of. KEYS: their jtis' records. ARGV: their times (ms), in the same order. */
 export const CONFIRM = `
-if redis.call('GET', KEYS[1]) == '-' .. ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == '-' .. ARGV[i] then redis.call('SET', KEYS[i], ARGV[i], 'KEEPTTL') end
+end
 return 1
 `

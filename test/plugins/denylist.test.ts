@@ -1,7 +1,10 @@
 import { test } from 'tap'
+import { createHash } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { API_KEY, build, decodeJwt, introspectToken, issue, refreshWith, REDIS_URL, type Pair } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
+import { CONFIRM } from '../../plugins/store/scripts.js'
+import { groupBySlot } from '../../plugins/store/redis.js'
 
 /** Every key of a test's prefix with its TTL in ms, read straight from Redis. */
 async function keysWithTtl (prefix: string, url = REDIS_URL): Promise<Map<string, number>> {
@@ -180,4 +183,41 @@ test('subject revoke takes a percent-encoded subject and refuses a body with fie
   t.equal((await refreshWith(app, pair.refresh_token)).json().code, 'token_revoked')
   const unauthenticated = await app.inject({ method: 'POST', url: `/v1/subjects/${encoded}/revoke` })
   t.equal(unauthenticated.json().code, 'invalid_client')
+})
+
+test('rotations answered in the same turn are confirmed together: every record confirmed, several by one command', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url })
+  const pairs = await Promise.all(Array.from({ length: 20 }, async (_, i) => await issue(app, { sub: `together-${i}` })))
+  const monitor = new Redis(redis.url)
+  t.teardown(() => { monitor.disconnect() })
+  const confirms: number[] = []
+  const sha = createHash('sha1').update(CONFIRM).digest('hex')
+  const feed = await monitor.monitor()
+  t.teardown(() => { feed.disconnect() })
+  // The first use on a connection sends the script itself (EVAL; MONITOR escapes its newlines), later ones its digest.
+  feed.on('monitor', (_time: string, args: string[]) => {
+    const command = args[0]?.toLowerCase()
+    if ((command === 'evalsha' && args[1] === sha) || (command === 'eval' && args[1]?.replaceAll('\\n', '\n') === CONFIRM)) confirms.push(Number(args[2]))
+  })
+  const answers = await Promise.all(pairs.map(async (pair) => await refreshWith(app, pair.refresh_token)))
+  t.same(answers.map((answer) => answer.statusCode), pairs.map(() => 200))
+  const client = new Redis(redis.url)
+  t.teardown(() => { client.disconnect() })
+  const records = async (): Promise<string[]> => {
+    const keys = await client.keys(`${app.config.redisKeyPrefix}*:j:*`)
+    return await Promise.all(keys.map(async (key) => await client.get(key) ?? ''))
+  }
+  for (let tries = 0; tries < 100 && !(await records()).every((value) => /^\d+$/.test(value)); tries++) await new Promise((resolve) => setTimeout(resolve, 20))
+  const values = await records()
+  t.equal(values.length, 20, 'one record per rotation')
+  t.ok(values.every((value) => /^\d+$/.test(value)), 'every rotation confirmed')
+  t.equal(confirms.reduce((sum, keys) => sum + keys, 0), 20, 'each confirmed once')
+  t.ok(confirms.some((keys) => keys > 1), `one command confirmed several (keys per command: ${confirms.join(', ')})`)
+})
+
+test('confirmations go in one command, or on a Cluster in one per hash slot (keys of one subject together)', async (t) => {
+  const keys = ['p{alice}:j:1', 'p{bob}:j:2', 'p{alice}:j:3', 'p{carol}:j:4']
+  t.same(groupBySlot(keys, false), [keys], 'one Redis: all together, in order')
+  t.same(groupBySlot(keys, true), [['p{alice}:j:1', 'p{alice}:j:3'], ['p{bob}:j:2'], ['p{carol}:j:4']], 'a Cluster: by slot')
 })
