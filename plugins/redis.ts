@@ -3,6 +3,7 @@ import { Redis, Cluster, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config, RedisSetting } from './config.js'
 import { StartupError } from './errors.js'
+import keySlot from 'cluster-key-slot'
 
 export type RedisClient = Redis | Cluster
 
@@ -33,6 +34,22 @@ function failFast (commandTimeout: number) {
     // (tests/store-faults saw a 503 after 2.03 s, past the 2-second promise).
     lazyConnect: true
   } satisfies RedisOptions
+}
+
+/**
+ * Items in groups one script may take, by their keys: all together in their order, or on a
+ * Cluster one group per hash slot (a script's keys must share one).
+ */
+export function groupBySlot<T> (items: T[], keyOf: (item: T) => string, cluster: boolean): T[][] {
+  if (!cluster) return [items]
+  const groups = new Map<number, T[]>()
+  for (const item of items) {
+    const slot = keySlot(keyOf(item))
+    const group = groups.get(slot)
+    if (group === undefined) groups.set(slot, [item])
+    else group.push(item)
+  }
+  return [...groups.values()]
 }
 
 /** How often a client's connection is checked for silence (a PING that must answer in time). */

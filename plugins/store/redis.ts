@@ -1,7 +1,6 @@
 import { Cluster } from 'ioredis'
-import keySlot from 'cluster-key-slot'
 import { StoreUnavailableError } from '../errors.js'
-import { COMMAND_TIMEOUT_MS, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
+import { COMMAND_TIMEOUT_MS, groupBySlot, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
 import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE, ROTATE_PROVEN } from './scripts.js'
 import { revokedUntilUs } from './subject-marks.js'
@@ -33,19 +32,6 @@ export function hashTag (sub: string): string {
 
 /** How many replicas must confirm each write (Redis WAIT), and for how long to wait for them. */
 export interface Durability { replicas: number, timeoutMs: number }
-
-/** Keys in groups one script may take: all together, or on a Cluster, one group per hash slot. */
-export function groupBySlot (keys: string[], cluster: boolean): string[][] {
-  if (!cluster) return [keys]
-  const groups = new Map<number, string[]>()
-  for (const key of keys) {
-    const slot = keySlot(key)
-    const group = groups.get(slot)
-    if (group === undefined) groups.set(slot, [key])
-    else group.push(key)
-  }
-  return [...groups.values()]
-}
 
 /**
  * An index entry as the hash holds it (see INDEX in scripts.ts): `<issued µs> <refreshed − issued
@@ -193,7 +179,7 @@ export class RedisDenylist implements Denylist {
 
   private sendConfirms (batch: Map<string, string>): void {
     const send = (this.side as unknown as { rotorConfirm: Confirm }).rotorConfirm.bind(this.side)
-    for (const keys of groupBySlot([...batch.keys()], this.side instanceof Cluster)) {
+    for (const keys of groupBySlot([...batch.keys()], (key) => key, this.side instanceof Cluster)) {
       send(keys.length, ...keys, ...keys.map((key) => batch.get(key)!)).catch(() => {})
     }
   }

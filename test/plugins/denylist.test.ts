@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { API_KEY, build, decodeJwt, introspectToken, issue, refreshWith, REDIS_URL, type Pair } from '../support/app.js'
 import { startRedis } from '../support/redis.js'
 import { CONFIRM } from '../../plugins/store/scripts.js'
-import { groupBySlot } from '../../plugins/store/redis.js'
+import { groupBySlot } from '../../plugins/redis.js'
 
 /** Every key of a test's prefix with its TTL in ms, read straight from Redis. */
 async function keysWithTtl (prefix: string, url = REDIS_URL): Promise<Map<string, number>> {
@@ -218,6 +218,6 @@ test('rotations answered in the same turn are confirmed together: every record c
 
 test('confirmations go in one command, or on a Cluster in one per hash slot (keys of one subject together)', async (t) => {
   const keys = ['p{alice}:j:1', 'p{bob}:j:2', 'p{alice}:j:3', 'p{carol}:j:4']
-  t.same(groupBySlot(keys, false), [keys], 'one Redis: all together, in order')
-  t.same(groupBySlot(keys, true), [['p{alice}:j:1', 'p{alice}:j:3'], ['p{bob}:j:2'], ['p{carol}:j:4']], 'a Cluster: by slot')
+  t.same(groupBySlot(keys, (key) => key, false), [keys], 'one Redis: all together, in order')
+  t.same(groupBySlot(keys, (key) => key, true), [['p{alice}:j:1', 'p{alice}:j:3'], ['p{bob}:j:2'], ['p{carol}:j:4']], 'a Cluster: by slot')
 })
