@@ -22,13 +22,15 @@ export interface Options {
   /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
   serverCpus: string | null
   loadgenCpus: string | null
+  /** --against: another checkout (built) whose Rotor this one's refresh is measured against; null: none. */
+  against: string | null
   redisUrl: string
 }
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
          [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]
-         [--server-cpus LIST --loadgen-cpus LIST]`
+         [--server-cpus LIST --loadgen-cpus LIST] [--against DIR]`
 
 class UsageError extends Error {}
 
@@ -67,6 +69,7 @@ export function parseOptions (argv: string[]): Options {
       profile: { type: 'boolean' },
       'server-cpus': { type: 'string' },
       'loadgen-cpus': { type: 'string' },
+      against: { type: 'string' },
       help: { type: 'boolean', short: 'h' }
     }
   })
@@ -93,6 +96,13 @@ export function parseOptions (argv: string[]): Options {
   const replication = values.replication === true
   const sessionMemory = counts('session-memory', values['session-memory'])
   if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
+  const against = values.against ?? null
+  if (against !== null && (replication || values.soak !== undefined || denylistSizes.length > 0 || sessionMemory.length > 0)) {
+    throw new UsageError('--against: alone, or with --scenarios refresh and/or refresh-hs256')
+  }
+  if (against !== null && scenarios.some((name) => name !== 'refresh' && name !== 'refresh-hs256')) {
+    throw new UsageError('--against measures refresh only: --scenarios refresh, refresh-hs256 or both')
+  }
   for (const option of ['server-cpus', 'loadgen-cpus'] as const) {
     const list = values[option]
     if (list !== undefined && !CPU_LIST.test(list)) throw new UsageError(`--${option} ${list}: expected a CPU list such as 1, 0-3 or 0,2`)
@@ -111,6 +121,7 @@ export function parseOptions (argv: string[]): Options {
     profile: values.profile === true,
     serverCpus: values['server-cpus'] ?? null,
     loadgenCpus: values['loadgen-cpus'] ?? null,
+    against,
     redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
   }
 }

@@ -24,6 +24,9 @@
  *   --server-cpus LIST    pin the server child (and its workers) to these CPUs (taskset's list: 1, 0-3)
  *   --loadgen-cpus LIST   pin this process (autocannon, the floor) to these CPUs; with --server-cpus
  *                         disjoint, the server has its cores to itself (Redis is not pinned)
+ *   --against DIR         only: this checkout's refresh against another checkout's (built: DIR/dist),
+ *                         in alternating 1.5 s slices of full load; server CPU per refresh, slice by
+ *                         slice (--scenarios refresh,refresh-hs256 chooses the algorithms; default both)
  *
  * The server under test runs in a child process (bench/server.ts); autocannon runs here. Redis:
  * TEST_REDIS_URL or redis://127.0.0.1:6379, under a prefix of this run only, deleted afterwards
@@ -46,6 +49,7 @@ import { measureSessionMemory, sessionMemoryTable, type SessionMemoryRow } from 
 import { runSoak, type SoakReport } from './soak.js'
 import { removeKeysFiles } from './tokens.js'
 import { pinToCpus } from './pinning.js'
+import { againstTable, runAgainst, type AgainstRow } from './against.js'
 
 /** Everything the options ask for, in order, then the tables and the results file: the exit code. */
 async function benchmark (run: RunContext): Promise<number> {
@@ -72,8 +76,18 @@ async function benchmark (run: RunContext): Promise<number> {
   let replication: ReplicationReport | null = null
   let sessionMemory: SessionMemoryRow[] = []
   let ceilingRps: number | null = null
+  let against: AgainstRow[] = []
 
-  if (run.options.soak !== null) {
+  if (run.options.against !== null) {
+    const algorithms = run.options.scenariosGiven
+      ? run.options.scenarios.map((name) => name === 'refresh' ? 'EdDSA' as const : 'HS256' as const)
+      : ['EdDSA' as const, 'HS256' as const]
+    try {
+      against = await runAgainst(run, run.options.against, algorithms)
+    } catch (error) {
+      run.fail(error instanceof Error ? error.message : String(error))
+    }
+  } else if (run.options.soak !== null) {
     soak = await runSoak(run, run.options.soak, results)
   } else {
     const names: ScenarioName[] = ['hello', ...run.options.scenarios.filter((name) => name !== 'hello')]
@@ -98,9 +112,15 @@ async function benchmark (run: RunContext): Promise<number> {
     if (run.options.sessionMemory.length > 0) sessionMemory = await measureSessionMemory(run, run.options.sessionMemory)
   }
 
-  run.say('')
-  run.say(resultsTable(results))
-  run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  if (results.length > 0) {
+    run.say('')
+    run.say(resultsTable(results))
+    run.say('(CPU in cores over the measured seconds; "others": every other process on the machine)')
+  }
+  if (against.length > 0) {
+    run.say('')
+    run.say(againstTable(against))
+  }
   const naive = naiveRows(results)
   if (naive.length > 0) {
     run.say('')
@@ -143,6 +163,7 @@ async function benchmark (run: RunContext): Promise<number> {
     ceilingRps,
     scenarios: results,
     againstNaive: naive,
+    against,
     floors,
     denylist,
     soak,

@@ -51,7 +51,7 @@ export function scenario (name: ScenarioName, overrides: Partial<Scenario> = {})
   return { name, ...SCENARIOS[name], ...overrides }
 }
 
-function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
+export function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
   run.keysFile ??= writeEd25519KeysFile()
   return {
     LOG_LEVEL: 'silent',

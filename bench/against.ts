@@ -1,0 +1,129 @@
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { ServerProcess } from './child.js'
+import type { RunContext } from './context.js'
+import { cpuShare, cpuSnapshot } from './cpu.js'
+import { runLoad, unhealthy } from './load.js'
+import { fmtInt } from './report.js'
+import { describeFailures, rotorEnv } from './scenarios.js'
+import { Minter } from './tokens.js'
+
+/**
+ * --against DIR: this checkout's Rotor against another checkout's (built), refresh only, in
+ * alternating slices of SLICE_SECONDS of full load, so that a machine whose speed drifts (a shared
+ * VM: ±15 % between identical runs) slows both alike. Each slice's server CPU per refresh is
+ * compared with the other server's next to it; the median of those ratios is the answer. Both
+ * servers get the same settings and keys (each its own key prefix) and distinct tokens.
+ */
+const SLICE_SECONDS = 1.5
+
+export interface AgainstRow {
+  algorithm: 'EdDSA' | 'HS256'
+  other: string
+  /** Per slice, server CPU µs per refresh and req/s: here, there. */
+  slices: Array<{ here: { us: number, rps: number }, there: { us: number, rps: number } }>
+  medianUsHere: number
+  medianUsThere: number
+  /** here / there of CPU per refresh, slice by slice: median, lowest, highest. */
+  ratio: { median: number, min: number, max: number }
+}
+
+type Start = typeof ServerProcess.start
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)] ?? NaN
+}
+
+/** The other checkout's server starter, or a usage error that says how to build it. */
+export async function otherStarter (dir: string): Promise<Start> {
+  const child = resolve(dir, 'dist/bench/child.js')
+  if (!existsSync(child)) throw new Error(`--against ${dir}: no ${child}; build that checkout first: (cd ${dir} && npm ci && npm run build)`)
+  const module = await import(pathToFileURL(child).href) as { ServerProcess: { start: Start } }
+  return module.ServerProcess.start.bind(module.ServerProcess)
+}
+
+function describeCheckout (dir: string): string {
+  try {
+    return `${dir} at ${execFileSync('git', ['-C', dir, 'log', '-1', '--format=%h %s'], { encoding: 'utf8' }).trim().slice(0, 80)}`
+  } catch {
+    return dir
+  }
+}
+
+export async function runAgainst (run: RunContext, dir: string, algorithms: Array<'EdDSA' | 'HS256'>): Promise<AgainstRow[]> {
+  const startThere = await otherStarter(dir)
+  const other = describeCheckout(dir)
+  const rows: AgainstRow[] = []
+  for (const algorithm of algorithms) {
+    run.say(`\n▶ refresh (${algorithm}): this checkout against ${other}`)
+    const envHere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`)
+    const envThere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`)
+    const cpus = { cpus: run.options.serverCpus }
+    const servers = { here: await ServerProcess.start('rotor', envHere, cpus), there: await startThere('rotor', envThere, cpus) }
+    try {
+      // The same keys: one minter serves both.
+      const minter = new Minter(envHere)
+      let rate = 10_000
+      const slice = async (which: 'here' | 'there', seconds: number): Promise<{ us: number, rps: number }> => {
+        const server = servers[which]
+        const bodies = minter.refreshBodies(Math.ceil(rate * seconds * 2.5) + 500)
+        let next = 0
+        const before = await cpuSnapshot(server, run.redis)
+        const result = await runLoad({
+          url: server.url,
+          method: 'POST',
+          path: '/v1/tokens/refresh',
+          body: () => bodies[next++],
+          limit: bodies.length,
+          duration: seconds,
+          connections: run.options.connections,
+          verify: (body) => body.includes('"refresh_token"')
+        })
+        const cpu = cpuShare(before, await cpuSnapshot(server, run.redis))
+        if (unhealthy(result)) run.fail(`refresh (${algorithm}) ${which === 'here' ? 'here' : `in ${dir}`}: ${describeFailures(result)}`)
+        rate = Math.max(rate, result.rps)
+        return { us: result.responses === 0 ? NaN : 1e6 * cpu.server * cpu.seconds / result.responses, rps: result.rps }
+      }
+      if (run.options.warmup > 0) {
+        await slice('here', run.options.warmup)
+        await slice('there', run.options.warmup)
+      }
+      const count = Math.max(4, Math.round(run.options.duration / SLICE_SECONDS))
+      const slices: AgainstRow['slices'] = []
+      for (let i = 0; i < count; i++) {
+        // Alternating which goes first, so neither always follows the other's load.
+        const first = i % 2 === 0 ? 'here' : 'there'
+        const a = await slice(first, SLICE_SECONDS)
+        const b = await slice(first === 'here' ? 'there' : 'here', SLICE_SECONDS)
+        const pair = first === 'here' ? { here: a, there: b } : { here: b, there: a }
+        slices.push(pair)
+        run.say(`  slice ${i + 1}/${count}: here ${pair.here.us.toFixed(0)} µs/refresh (${fmtInt(pair.here.rps)} req/s), there ${pair.there.us.toFixed(0)} µs (${fmtInt(pair.there.rps)} req/s)`)
+      }
+      const ratios = slices.map((s) => s.here.us / s.there.us)
+      rows.push({
+        algorithm,
+        other,
+        slices,
+        medianUsHere: median(slices.map((s) => s.here.us)),
+        medianUsThere: median(slices.map((s) => s.there.us)),
+        ratio: { median: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) }
+      })
+    } finally {
+      await Promise.all([servers.here.stop(), servers.there.stop()])
+    }
+  }
+  return rows
+}
+
+/** One line per algorithm: CPU per refresh here and there, and their ratio slice by slice. */
+export function againstTable (rows: AgainstRow[]): string {
+  const lines = ['refresh   µs/refresh here  µs/refresh there  here / there (median, min–max of the slices)']
+  for (const row of rows) {
+    lines.push(`${row.algorithm.padEnd(8)}  ${row.medianUsHere.toFixed(1).padStart(15)}  ${row.medianUsThere.toFixed(1).padStart(16)}  ${row.ratio.median.toFixed(3)} (${row.ratio.min.toFixed(3)}–${row.ratio.max.toFixed(3)})`)
+  }
+  lines.push(`(server CPU per refresh, the median of ${rows[0]?.slices.length ?? 0} alternating ${SLICE_SECONDS} s slices each; there: ${rows[0]?.other ?? ''})`)
+  return lines.join('\n')
+}
