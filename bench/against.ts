@@ -28,6 +28,12 @@ export interface AgainstRow {
   medianUsThere: number
   /** here / there of CPU per refresh, slice by slice: median, lowest, highest. */
   ratio: { median: number, min: number, max: number }
+  /** here / there of req/s, slice by slice: median, lowest, highest. */
+  rpsRatio: { median: number, min: number, max: number }
+}
+
+function spread (values: number[]): { median: number, min: number, max: number } {
+  return { median: median(values), min: Math.min(...values), max: Math.max(...values) }
 }
 
 type Start = typeof ServerProcess.start
@@ -102,14 +108,14 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
         slices.push(pair)
         run.say(`  slice ${i + 1}/${count}: here ${pair.here.us.toFixed(0)} µs/refresh (${fmtInt(pair.here.rps)} req/s), there ${pair.there.us.toFixed(0)} µs (${fmtInt(pair.there.rps)} req/s)`)
       }
-      const ratios = slices.map((s) => s.here.us / s.there.us)
       rows.push({
         algorithm,
         other,
         slices,
         medianUsHere: median(slices.map((s) => s.here.us)),
         medianUsThere: median(slices.map((s) => s.there.us)),
-        ratio: { median: median(ratios), min: Math.min(...ratios), max: Math.max(...ratios) }
+        ratio: spread(slices.map((s) => s.here.us / s.there.us)),
+        rpsRatio: spread(slices.map((s) => s.here.rps / s.there.rps))
       })
     } finally {
       await Promise.all([servers.here.stop(), servers.there.stop()])
@@ -118,12 +124,16 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
   return rows
 }
 
-/** One line per algorithm: CPU per refresh here and there, and their ratio slice by slice. */
+function fmtSpread (r: { median: number, min: number, max: number }): string {
+  return `${r.median.toFixed(3)} (${r.min.toFixed(3)}–${r.max.toFixed(3)})`
+}
+
+/** One line per algorithm: CPU per refresh here and there, and the ratios (CPU, req/s) slice by slice. */
 export function againstTable (rows: AgainstRow[]): string {
-  const lines = ['refresh   µs/refresh here  µs/refresh there  here / there (median, min–max of the slices)']
+  const lines = ['refresh   µs/refresh here  µs/refresh there  CPU here / there          req/s here / there']
   for (const row of rows) {
-    lines.push(`${row.algorithm.padEnd(8)}  ${row.medianUsHere.toFixed(1).padStart(15)}  ${row.medianUsThere.toFixed(1).padStart(16)}  ${row.ratio.median.toFixed(3)} (${row.ratio.min.toFixed(3)}–${row.ratio.max.toFixed(3)})`)
+    lines.push(`${row.algorithm.padEnd(8)}  ${row.medianUsHere.toFixed(1).padStart(15)}  ${row.medianUsThere.toFixed(1).padStart(16)}  ${fmtSpread(row.ratio).padEnd(24)}  ${fmtSpread(row.rpsRatio)}`)
   }
-  lines.push(`(server CPU per refresh, the median of ${rows[0]?.slices.length ?? 0} alternating ${SLICE_SECONDS} s slices each; there: ${rows[0]?.other ?? ''})`)
+  lines.push(`(server CPU per refresh and req/s, here / there: the median, lowest and highest of ${rows[0]?.slices.length ?? 0} alternating ${SLICE_SECONDS} s slices each; there: ${rows[0]?.other ?? ''})`)
   return lines.join('\n')
 }
