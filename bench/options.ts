@@ -22,6 +22,11 @@ export interface Options {
   /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
   serverCpus: string | null
   loadgenCpus: string | null
+  /**
+   * --redis-cpus: a CPU list for a redis-server of the bench's own (free port, stopped at the end),
+   * used instead of the shared Redis for the whole run; null: the shared Redis, unpinned.
+   */
+  redisCpus: string | null
   /** --against: another checkout (built) whose Rotor this one's refresh is measured against; null: none. */
   against: string | null
   redisUrl: string
@@ -30,7 +35,7 @@ export interface Options {
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
          [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]
-         [--server-cpus LIST --loadgen-cpus LIST] [--against DIR]`
+         [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR]`
 
 class UsageError extends Error {}
 
@@ -69,6 +74,7 @@ export function parseOptions (argv: string[]): Options {
       profile: { type: 'boolean' },
       'server-cpus': { type: 'string' },
       'loadgen-cpus': { type: 'string' },
+      'redis-cpus': { type: 'string' },
       against: { type: 'string' },
       help: { type: 'boolean', short: 'h' }
     }
@@ -103,7 +109,7 @@ export function parseOptions (argv: string[]): Options {
   if (against !== null && scenarios.some((name) => name !== 'refresh' && name !== 'refresh-hs256')) {
     throw new UsageError('--against measures refresh only: --scenarios refresh, refresh-hs256 or both')
   }
-  for (const option of ['server-cpus', 'loadgen-cpus'] as const) {
+  for (const option of ['server-cpus', 'loadgen-cpus', 'redis-cpus'] as const) {
     const list = values[option]
     if (list !== undefined && !CPU_LIST.test(list)) throw new UsageError(`--${option} ${list}: expected a CPU list such as 1, 0-3 or 0,2`)
   }
@@ -121,6 +127,7 @@ export function parseOptions (argv: string[]): Options {
     profile: values.profile === true,
     serverCpus: values['server-cpus'] ?? null,
     loadgenCpus: values['loadgen-cpus'] ?? null,
+    redisCpus: values['redis-cpus'] ?? null,
     against,
     redisUrl: process.env['TEST_REDIS_URL'] ?? 'redis://127.0.0.1:6379'
   }

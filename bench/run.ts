@@ -22,8 +22,12 @@
  *   --server-env K=V      extra setting for the Rotor child (repeatable), e.g. RATE_LIMIT_ALLOW=127.0.0.1
  *   --profile             run each server child with --cpu-prof; profiles go to bench/results/
  *   --server-cpus LIST    pin the server child (and its workers) to these CPUs (taskset's list: 1, 0-3)
- *   --loadgen-cpus LIST   pin this process (autocannon, the floor) to these CPUs; with --server-cpus
- *                         disjoint, the server has its cores to itself (Redis is not pinned)
+ *   --loadgen-cpus LIST   pin this process (autocannon, the floor) to these CPUs
+ *   --redis-cpus LIST     run a redis-server of the bench's own (free port, stopped by PID at the end)
+ *                         pinned to these CPUs, instead of the shared Redis; with all three lists and
+ *                         --server-cpus disjoint from the others, the server has its cores to itself
+ *                         (unpinned, the shared Redis runs wherever the kernel puts it, the server's
+ *                         core included)
  *   --against DIR         only: this checkout's refresh against another checkout's (built: DIR/dist),
  *                         in alternating 1.5 s slices of full load; server CPU per refresh, slice by
  *                         slice (--scenarios refresh,refresh-hs256 chooses the algorithms; default both)
@@ -39,7 +43,7 @@ import { RunContext } from './context.js'
 import { stopCurrentLoad } from './load.js'
 import { parseOptions, USAGE, type Options, type ScenarioName } from './options.js'
 import { connectRedis, deletePrefix, usedMemory } from './redis.js'
-import { killAllRedisServers } from './replication.js'
+import { BenchRedis, killAllRedisServers } from './replication.js'
 import { runReplication, type ReplicationReport } from './replication-cost.js'
 import { fmtInt, fmtMiB, loudFailures, shortCount } from './report.js'
 import { denylistTable, describeMachine, naiveRows, naiveTable, resultsTable, writeResults, type DenylistRow } from './results.js'
@@ -68,7 +72,7 @@ async function benchmark (run: RunContext): Promise<number> {
   const machine = await describeMachine(shared)
   run.say(`Rotor bench ${startedAt.toISOString()}: ${machine.cpus} × ${machine.cpuModel}, Node ${machine.node}, ${shared === null ? 'shared Redis not used' : `Redis ${machine.redis} at ${run.options.redisUrl}`}`)
   const pinned = (cpus: string | null): string => cpus === null ? '' : ` (CPUs ${cpus})`
-  run.say(`server in a child process${pinned(run.options.serverCpus)}, autocannon here${pinned(run.options.loadgenCpus)}, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
+  run.say(`server in a child process${pinned(run.options.serverCpus)}, autocannon here${pinned(run.options.loadgenCpus)}${run.options.redisCpus === null ? '' : `, Redis of the bench's own${pinned(run.options.redisCpus)}`}, ${run.options.connections} connections, ${run.options.warmup} s warm-up + ${run.options.duration} s per scenario; keys under ${run.prefix}* (deleted afterwards)`)
 
   const results: ScenarioResult[] = []
   const denylist: DenylistRow[] = []
@@ -187,7 +191,11 @@ async function cleanUp (run: RunContext): Promise<void> {
   killAllServers()
   killAllRedisServers()
   removeKeysFiles()
-  if (run.redis !== null) {
+  if (run.options.redisCpus !== null) {
+    // The bench's own Redis, gone with its keys.
+    run.redis?.disconnect()
+    run.redis = null
+  } else if (run.redis !== null) {
     const client = run.redis
     // Taken once: an abort's cleanup and main's own may both be under way.
     run.redis = null
@@ -217,15 +225,19 @@ async function main (argv: string[]): Promise<number> {
     process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}\n`)
     return 2
   }
-  const run = new RunContext(options)
-  if (options.loadgenCpus !== null) {
-    try {
-      pinToCpus(process.pid, options.loadgenCpus)
-    } catch (error) {
-      process.stderr.write(`bench: ${(error as Error).message}\n`)
-      return 2
+  try {
+    if (options.loadgenCpus !== null) pinToCpus(process.pid, options.loadgenCpus)
+    if (options.redisCpus !== null) {
+      // The run's keys die with it: no prefix to delete afterwards (the exit paths kill it by PID).
+      const own = await BenchRedis.start()
+      pinToCpus(own.pid, options.redisCpus)
+      options = { ...options, redisUrl: own.url }
     }
+  } catch (error) {
+    process.stderr.write(`bench: ${(error as Error).message}\n`)
+    return 2
   }
+  const run = new RunContext(options)
   let exiting = false
   const abort = async (why: string, code: number): Promise<void> => {
     if (exiting) process.exit(code)
