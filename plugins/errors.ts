@@ -5,6 +5,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { scrubTokens } from './logging.js'
+import { limitHeaders } from './budget.js'
 
 /** Every error code of the contract, with its status. The codes are API: never rename one. */
 export const ERROR_CODES = {
@@ -146,10 +147,26 @@ export function recordError (appError: AppError, error: unknown, request: Fastif
   }
 }
 
-/** The one error handler: every answer that is not a success goes out through here. */
-export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+/**
+ * The one error handler: every answer that is not a success goes out through here. A request
+ * whose rate-limit count was left to its rotation (DeferredBudget), which did not happen, is
+ * counted now, and over the limit the answer is the 429 whatever else went wrong; not for a 503:
+ * with Redis failing, the rate limit lets requests through.
+ */
+export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+  const { budget } = request
+  if (budget?.pending === true && !(error instanceof StoreUnavailableError)) {
+    return budget.spend().then(() => { answer(error, request, reply) }, (limited: unknown) => { answer(limited, request, reply) })
+  }
+  answer(error, request, reply)
+}
+
+function answer (error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   const appError = toAppError(error)
   recordError(appError, error, request)
+  const { budget } = request
+  // Within the limit, the answer carries the budget's headers, as the plugin's counting puts them on every answer.
+  if (budget?.count != null) reply.headers(limitHeaders(budget.max, budget.count))
   reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
 }
 

@@ -4,6 +4,8 @@ import { Cluster } from 'ioredis'
 import type { FastifyRequest, onRequestHookHandler, preParsingHookHandler } from 'fastify'
 import type { Scope } from './config.js'
 import { AppError } from './errors.js'
+import { limitHeaders, type DeferredBudget } from './budget.js'
+import type { BudgetCount } from './store/types.js'
 import { groupBySlot, type RedisClient } from './redis.js'
 
 /**
@@ -17,6 +19,12 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The budget this route's requests spend; `client-ip` when unset. `rateLimit: false` spends none. */
     budget?: Budget
+    /**
+     * The route's rotation counts its request (see DeferredBudget), when it can: Redis on one
+     * server or behind sentinels (on a Cluster the budget's key lives elsewhere), the denylist and
+     * rotation on.
+     */
+    countedByRotation?: true
   }
   interface FastifyInstance {
     /**
@@ -37,6 +45,8 @@ export interface RateLimitOptions {
   allow: string[]
   /** Where the counters live in Redis: `<keyPrefix>rl:<budget key>`. */
   keyPrefix: string
+  /** Whether refreshes rotate through the denylist's script (DENYLIST_ENABLED, ROTATE_REFRESH_TOKENS): then they may count their request. */
+  rotates: boolean
 }
 
 /**
@@ -82,6 +92,17 @@ class BatchedRedisStore implements FastifyRateLimitStore {
   }
 
   incr (key: string, counted: Counted): void {
+    this.enqueue(`${this.nameSpace}${key}`, counted)
+  }
+
+  /** Counts one request against a budget's key (its whole Redis key), with the turn's others. */
+  async countOne (key: string): Promise<BudgetCount> {
+    return await new Promise((resolve, reject) => {
+      this.enqueue(key, (error, result) => { if (error === null) resolve({ current: result!.current, ttlMs: result!.ttl }); else reject(error) })
+    })
+  }
+
+  private enqueue (key: string, counted: Counted): void {
     if (this.pending === null) {
       const batch: Array<{ key: string, counted: Counted }> = []
       this.pending = batch
@@ -90,7 +111,7 @@ class BatchedRedisStore implements FastifyRateLimitStore {
         this.send(batch)
       })
     }
-    this.pending.push({ key: `${this.nameSpace}${key}`, counted })
+    this.pending.push({ key, counted })
   }
 
   /* c8 ignore next 3: for a route with a limit of its own, which Rotor has none of */
@@ -122,6 +143,41 @@ function budgetKey (request: FastifyRequest): string {
   return request.client === null ? `anon:${normalizeIP(request.ip)}` : `key:${request.client.name}`
 }
 
+function limited (max: number, count: BudgetCount): AppError {
+  return new AppError('rate_limited', `rate limit exceeded, retry in ${Math.ceil(count.ttlMs / 1000)} s`, limitHeaders(max, count))
+}
+
+/**
+ * A request's budget left to its rotation to count (DeferredBudget): Redis's one round trip for
+ * both, where a refresh took two in a row (the count, then the rotation; the server idled between).
+ */
+function deferred (store: BatchedRedisStore, key: string, max: number, windowMs: number): DeferredBudget {
+  const budget: DeferredBudget = {
+    key,
+    max,
+    windowMs,
+    pending: true,
+    count: null,
+    counted: (count) => {
+      budget.pending = false
+      budget.count = count
+    },
+    exceeded: () => limited(max, budget.count!),
+    spend: async () => {
+      budget.pending = false
+      let count: BudgetCount
+      try {
+        count = await store.countOne(key)
+      } catch {
+        return // Redis failing: let through, as the plugin's own counting does (skipOnError).
+      }
+      budget.counted(count)
+      if (count.current > max) throw budget.exceeded()
+    }
+  }
+  return budget
+}
+
 /**
  * Every route is limited unless it opts out (`config: { rateLimit: false }`: health, JWKS,
  * metrics), so a route added tomorrow cannot be left open by forgetting. Routes registered before
@@ -138,17 +194,27 @@ function budgetKey (request: FastifyRequest): string {
 export default fp(async function rateLimitPlugin (app, opts: RateLimitOptions) {
   const redis = app.sideRedis === null ? null : await app.sideRedis()
   const allowed = new Set(opts.allow.map((address) => normalizeIP(address, 128)))
+  const windowMs = opts.windowSeconds * 1000
+  const nameSpace = `${opts.keyPrefix}rl:`
+  const store = redis === null ? null : new BatchedRedisStore(redis, nameSpace, windowMs)
+  // The rotation's script counts on the denylist's connection: one Redis server, or a primary behind sentinels.
+  const folded = opts.rotates && store !== null && !(redis instanceof Cluster) ? store : null
+  app.decorateRequest('budget', null)
   await app.register(rateLimit, {
     global: true,
     max: opts.max,
-    timeWindow: opts.windowSeconds * 1000,
+    timeWindow: windowMs,
     skipOnError: true,
     // The plugin constructs its store itself (`new store(options)`): this one, over the side connection.
-    ...(redis === null ? {} : { store: storeOf(new BatchedRedisStore(redis, `${opts.keyPrefix}rl:`, opts.windowSeconds * 1000)) }),
+    ...(store === null ? {} : { store: storeOf(store) }),
     keyGenerator: budgetKey,
-    allowList: (request: FastifyRequest, key: string) => key.startsWith('ip:') && allowed.has(normalizeIP(request.ip, 128)),
-    errorResponseBuilder: (_request, context) =>
-      new AppError('rate_limited', `rate limit exceeded, retry in ${context.after}`)
+    allowList: (request: FastifyRequest, key: string) => {
+      if (key.startsWith('ip:') && allowed.has(normalizeIP(request.ip, 128))) return true
+      if (folded === null || request.routeOptions.config.countedByRotation !== true) return false
+      request.budget = deferred(folded, `${nameSpace}${key}`, opts.max, windowMs)
+      return true
+    },
+    errorResponseBuilder: (_request, context) => limited(opts.max, { current: opts.max + 1, ttlMs: context.ttl })
   })
   app.decorate('backendRoute', (scope: Scope) => ({
     config: { budget: 'api-key' as const },

@@ -85,7 +85,13 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   await app.register(denylistPlugin, { config })
   await app.register(apiKeysPlugin, { keys: config.apiKeys, file: config.apiKeysFile })
   await app.register(corsPlugin, { origins: config.corsOrigins })
-  await app.register(rateLimitPlugin, { max: config.rateLimitMax, windowSeconds: config.rateLimitWindow, allow: config.rateLimitAllow, keyPrefix: config.redisKeyPrefix })
+  await app.register(rateLimitPlugin, {
+    max: config.rateLimitMax,
+    windowSeconds: config.rateLimitWindow,
+    allow: config.rateLimitAllow,
+    keyPrefix: config.redisKeyPrefix,
+    rotates: config.denylistEnabled && config.rotateRefreshTokens
+  })
   await app.register(legacyTokensPlugin, { config })
 
   await app.register(tokenRoutes)

@@ -5,6 +5,7 @@ import { mintAccessToken, mintPair, mintRefreshToken, pairResponse, randomId, se
 import { entryOf, recordSession, reportEvicted } from './sessions.js'
 import type { Evicted } from '../plugins/store/index.js'
 import { checkProof, type ProofRequest } from './dpop.js'
+import type { DeferredBudget } from '../plugins/budget.js'
 
 /** A request without DPoP: what callers that have no request (tests, tools) refresh with. */
 const NO_PROOF = (): ProofRequest => ({ proofs: [], method: 'POST', url: '' })
@@ -36,9 +37,11 @@ export interface Refreshed {
  * @param nowMs - the time of the request, in ms (tests pass their own)
  * @param header - the token's JOSE header when the caller has read it already (see `tokenHeader`)
  * @param proof - reads the request's DPoP proofs, method and URL, for a session bound to a key only (none given: a request without)
+ * @param budget - the request's rate-limit budget, when the rate limit left it to the rotation to count (see DeferredBudget)
  * @returns the new pair (or, for a retry within the grace window, the same one again), its session and the jtis
  * @throws TokenRejectedError `token_invalid`, `token_expired`, `token_revoked`, or `TokenReusedError` for a reuse
  * @throws AppError `invalid_dpop_proof` or `use_dpop_nonce` for a bound session's proof (see checkProof), also a proof used before
+ * @throws AppError `rate_limited` when the rotation counted `budget` over its limit (nothing else was done)
  * @throws StoreUnavailableError when the store cannot be reached (answered 503; the token stays good)
  *
  * @example
@@ -46,7 +49,7 @@ export interface Refreshed {
  * reply.send(pair) // { access_token, refresh_token, token_type, expires_in, refresh_expires_in }
  */
 export async function refresh (
-  ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null, proof: () => ProofRequest = NO_PROOF
+  ctx: TokenContext, presented: unknown, nowMs = Date.now(), header?: Payload | null, proof: () => ProofRequest = NO_PROOF, budget: DeferredBudget | null = null
 ): Promise<Refreshed> {
   const { keyring, denylist, config } = ctx
   const { payload, key } = keyring.verify(presented, 'refresh', nowMs, header)
@@ -93,9 +96,13 @@ export async function refresh (
     enforce: config.reuseDetection === 'enforce',
     sessionTtlMs: sessionRevocationTtlMs(config, session.authTime, nowMs),
     entry: entryOf(ctx, session, nowSec),
-    proof: proven
+    proof: proven,
+    budget: budget ?? undefined
   })
+  if (outcome.spent !== undefined) budget!.counted(outcome.spent)
   switch (outcome.status) {
+    case 'limited':
+      throw budget!.exceeded()
     case 'replayed':
       throw replayed()
     case 'revoked':

@@ -2,7 +2,7 @@ import { Cluster } from 'ioredis'
 import { StoreUnavailableError } from '../errors.js'
 import { COMMAND_TIMEOUT_MS, groupBySlot, recycleIfSilent, SIDE_COMMAND_TIMEOUT_MS, type RedisClient, type RedisHealth } from '../redis.js'
 import type { StoreMarker } from './marker.js'
-import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE, ROTATE_PROVEN } from './scripts.js'
+import { CONFIRM, END_SESSIONS, LIST_SESSIONS, RECORD_SESSION, REVOKE_SESSION, REVOKE_SUBJECT, ROTATE, ROTATE_COUNTED, ROTATE_PROVEN, ROTATE_PROVEN_COUNTED } from './scripts.js'
 import { revokedUntilUs } from './subject-marks.js'
 import type { Denylist, Evicted, RotateInput, RotateOutcome, SessionEntry, SessionIndexSettings, TokenRef, TokenState } from './types.js'
 
@@ -12,7 +12,10 @@ const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 
 /** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
-type WriteCommand = 'rotorRotate' | 'rotorRotateProven' | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
+/** The rotation's scripts: plain, for a session bound to a DPoP key, and each counting the request's rate-limit budget too. */
+const ROTATE_COMMANDS = ['rotorRotate', 'rotorRotateProven', 'rotorRotateCounted', 'rotorRotateProvenCounted'] as const
+type RotateCommand = typeof ROTATE_COMMANDS[number]
+type WriteCommand = RotateCommand | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (keys: number, ...keysThenTimes: string[]) => Promise<unknown>
 interface Queue { exec: () => Promise<unknown> }
@@ -95,6 +98,8 @@ export class RedisDenylist implements Denylist {
     this.inFlightMs = COMMAND_TIMEOUT_MS + (durability.replicas > 0 ? durability.timeoutMs : 0)
     client.defineCommand('rotorRotate', { numberOfKeys: 6, lua: ROTATE })
     client.defineCommand('rotorRotateProven', { numberOfKeys: 7, lua: ROTATE_PROVEN })
+    client.defineCommand('rotorRotateCounted', { numberOfKeys: 7, lua: ROTATE_COUNTED })
+    client.defineCommand('rotorRotateProvenCounted', { numberOfKeys: 8, lua: ROTATE_PROVEN_COUNTED })
     client.defineCommand('rotorRevokeSubject', { numberOfKeys: 3, lua: REVOKE_SUBJECT })
     client.defineCommand('rotorRevokeSession', { numberOfKeys: 3, lua: REVOKE_SESSION })
     side.defineCommand('rotorRecordSession', { numberOfKeys: 3, lua: RECORD_SESSION })
@@ -142,21 +147,30 @@ export class RedisDenylist implements Denylist {
     const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
     const subject = `${this.prefix}{${hashTag(input.sub)}}`
     const record = this.keyIn(subject, 'j', input.jti)
-    const { entry } = input
+    const { entry, proof, budget } = input
     const { maxPerSubject, leewaySec, accessOverhangSec } = this.sessions
-    const { proof } = input
-    const [status, at, unconfirmed, evicted] = await this.write(proof === undefined ? 'rotorRotate' : 'rotorRotateProven',
-      record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti),
-      ...this.indexKeysIn(subject), ...(proof === undefined ? [] : [this.keyIn(subject, 'l', proof.id)]),
+    const keys = [record, this.keyIn(subject, 's', input.sid), this.keyIn(subject, 'u', ''), this.keyIn(subject, 'j', input.childJti), ...this.indexKeysIn(subject)]
+    const args: Array<string | number> = [
       input.nowMs, Math.max(1, Math.ceil(input.ttlMs)), input.graceMs, input.issuedUs, input.enforce ? 1 : 0,
       Math.max(1, Math.ceil(input.sessionTtlMs)), this.inFlightMs, deadline,
-      subject, input.sid, entryHead(entry), entry.expiresAt, maxPerSubject, leewaySec, accessOverhangSec,
-      ...(proof === undefined ? [] : [Math.max(1, Math.ceil(proof.ttlMs))])
-    ) as [string, string, number, Evicted]
-    if (status !== 'rotated' && status !== 'grace') return { status: status as 'revoked' | 'reused' | 'replayed' }
+      subject, input.sid, entryHead(entry), entry.expiresAt, maxPerSubject, leewaySec, accessOverhangSec
+    ]
+    if (proof !== undefined) {
+      keys.push(this.keyIn(subject, 'l', proof.id))
+      args.push(Math.max(1, Math.ceil(proof.ttlMs)))
+    }
+    if (budget !== undefined) {
+      keys.push(budget.key)
+      args.push(budget.max, budget.windowMs)
+    }
+    const [status, at, unconfirmed, evicted, current, ttlMs] = await this.write(ROTATE_COMMANDS[(proof === undefined ? 0 : 1) + (budget === undefined ? 0 : 2)]!, ...keys, ...args) as
+      [string, string, number, Evicted, number?, number?]
+    const spent = budget === undefined ? undefined : { current: current!, ttlMs: ttlMs! }
+    if (status === 'limited') return { status, spent: spent! }
+    if (status !== 'rotated' && status !== 'grace') return { status: status as 'revoked' | 'reused' | 'replayed', spent }
     // The answer reached Rotor: confirm it, with the other rotations of this turn, over the side connection.
     if (unconfirmed === 1) this.confirm(record, at)
-    return { status, rotatedAtMs: Number(at), evicted }
+    return { status, rotatedAtMs: Number(at), evicted, spent }
   }
 
   /**

@@ -171,9 +171,42 @@ export const ROTATE = `${INDEX}${DEADLINE}${ROTATION}`
  * ARGV[16] ms (as consumeOnce writes it); a proof seen before answers `replayed` and nothing else
  * is done. One atomic step, so a proof cannot be replayed even concurrently.
  */
-export const ROTATE_PROVEN = `${INDEX}${DEADLINE}
+const PROOF = `
 if not redis.call('SET', KEYS[7], '1', 'PX', ARGV[16], 'NX') then return {'replayed', '0', 0, {}} end
-${ROTATION}`
+`
+export const ROTATE_PROVEN = `${INDEX}${DEADLINE}${PROOF}${ROTATION}`
+
+/**
+ * The request's rate-limit budget, counted as @fastify/rate-limit's own script counts (INCR; the
+ * window starts at the first count; plugins/rate-limit.ts COUNT): the last of KEYS; ARGV's last
+ * two: the limit, the window (ms). Over the limit the answer is `limited` and nothing else is
+ * done; every answer ends with the count and the window's time left (ms).
+ */
+const BUDGET = `
+local budget = KEYS[#KEYS]
+local spent = redis.call('INCR', budget)
+local left = tonumber(ARGV[#ARGV])
+if spent == 1 then redis.call('PEXPIRE', budget, left) else left = redis.call('PTTL', budget) end
+local function counted (answer)
+  answer[5] = spent
+  answer[6] = left
+  return answer
+end
+if spent > tonumber(ARGV[#ARGV - 1]) then return counted({'limited', '0', 0, {}}) end
+`
+
+/**
+ * ROTATE and ROTATE_PROVEN, counting the request's rate-limit budget first (BUDGET), after the
+ * deadline's check (a late script counts nothing): the request's one round trip to Redis.
+ */
+export const ROTATE_COUNTED = `${INDEX}${DEADLINE}${BUDGET}
+return counted((function ()
+${ROTATION}
+end)())`
+export const ROTATE_PROVEN_COUNTED = `${INDEX}${DEADLINE}${BUDGET}
+return counted((function ()
+${PROOF}${ROTATION}
+end)())`
 
 /**
  * A subject's revocation only ever moves forward in time, and the sessions it ends leave the

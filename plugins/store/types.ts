@@ -59,11 +59,25 @@ export interface RotateInput extends TokenRef {
    * record must last. Seen before: nothing is done, and the outcome is `replayed`.
    */
   proof?: { id: string, ttlMs: number } | undefined
+  /**
+   * The request's rate-limit budget, counted by the rotation in the same step (see
+   * plugins/rate-limit.ts): over its limit, nothing else is done and the outcome is `limited`.
+   * Only the Redis store takes one; the in-process store never gets one (its rate limit is the
+   * plugin's own, in-process).
+   */
+  budget?: BudgetRef | undefined
 }
 
+/** A request's rate-limit budget: its Redis key, the requests it allows per window, the window (ms). */
+export interface BudgetRef { key: string, max: number, windowMs: number }
+
+/** What counting a request did to its budget: the requests of the window so far (this one included), and the window's time left (ms). */
+export interface BudgetCount { current: number, ttlMs: number }
+
 export type RotateOutcome =
-  | { status: 'rotated' | 'grace', rotatedAtMs: number, evicted: Evicted }
-  | { status: 'reused' | 'revoked' | 'replayed' }
+  | { status: 'rotated' | 'grace', rotatedAtMs: number, evicted: Evicted, spent?: BudgetCount | undefined }
+  | { status: 'reused' | 'revoked' | 'replayed', spent?: BudgetCount | undefined }
+  | { status: 'limited', spent: BudgetCount }
 
 export type TokenState = 'active' | 'revoked' | 'rotated'
 

@@ -8,6 +8,7 @@ import type { Metrics } from '../../plugins/metrics.js'
 import type { Evicted } from '../../plugins/store/index.js'
 import { currentNonce, requestUrl, type ProofRequest } from '../dpop.js'
 import { issuerUrl } from '../config.js'
+import { limitHeaders } from '../../plugins/budget.js'
 
 /** Counts what listing a session did: the sessions the cap ended, or a session the index did not take. */
 export function countListing (metrics: Metrics, evicted: Evicted | null): void {
@@ -42,9 +43,16 @@ export async function refreshFor (request: FastifyRequest, reply: FastifyReply, 
   // it is then read once, here, and handed to the keyring (which otherwise reads it itself).
   const { legacyTokens } = request.server
   const header = legacyTokens === null ? undefined : tokenHeader(presented)
-  const result = legacyTokens !== null && isLegacyHeader(header ?? null)
-    ? await exchangeLegacy(ctx, legacyTokens.read(presented))
-    : await refresh(ctx, presented, Date.now(), header, () => proofRequestOf(request))
+  const { budget } = request
+  let result: Refreshed
+  if (legacyTokens !== null && isLegacyHeader(header ?? null)) {
+    // An exchange writes no rotation to count the request with: it is counted first.
+    await budget?.spend()
+    result = await exchangeLegacy(ctx, legacyTokens.read(presented))
+  } else {
+    result = await refresh(ctx, presented, Date.now(), header, () => proofRequestOf(request), budget)
+  }
+  if (budget !== null && budget.count !== null) reply.headers(limitHeaders(budget.max, budget.count))
   const { metrics, config, keyring } = request.server
   if (config.dpopNonces && result.session.jkt !== undefined) reply.header('dpop-nonce', currentNonce(keyring, config, Date.now()))
   metrics.refreshed.inc({ retry: String(result.isRetry) })

@@ -59,6 +59,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async function tokenRoutes (app) 
   })
 
   app.post('/v1/tokens/refresh', {
+    // Its rate-limit count rides on the rotation (plugins/rate-limit.ts): one round trip to Redis.
+    config: { countedByRotation: true },
     schema: {
       summary: 'Rotate a pair: a new access token and a new refresh token for the same session',
       description: DPOP_HEADER_DOC,

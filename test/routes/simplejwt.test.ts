@@ -1,19 +1,7 @@
 import { test } from 'tap'
-import { createHmac, randomUUID } from 'node:crypto'
+import { createHmac } from 'node:crypto'
 import { API_KEY, build, decodeJwt, issue, refreshWith, type Pair } from '../support/app.js'
-
-const DJANGO_SECRET = 'django-insecure-0123456789abcdefghijklmnopqrstuvwxyz'
-
-/** A refresh token exactly as djangorestframework-simplejwt 5 mints one (HS256, SECRET_KEY). */
-function simpleJwtRefresh (userId: number | string, options: { secret?: string, lifetime?: number, type?: string } = {}): string {
-  const now = Math.floor(Date.now() / 1000)
-  const header = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT' })).toString('base64url')
-  const payload = Buffer.from(JSON.stringify({
-    token_type: options.type ?? 'refresh', exp: now + (options.lifetime ?? 86400), iat: now, jti: randomUUID().replaceAll('-', ''), user_id: userId
-  })).toString('base64url')
-  const signature = createHmac('sha256', options.secret ?? DJANGO_SECRET).update(`${header}.${payload}`).digest('base64url')
-  return `${header}.${payload}.${signature}`
-}
+import { DJANGO_SECRET, simpleJwtRefresh } from '../support/simplejwt.js'
 
 const post = (url: string, payload: unknown): { method: 'POST', url: string, payload: string, headers: Record<string, string> } =>
   ({ method: 'POST', url, payload: JSON.stringify(payload), headers: { 'content-type': 'application/json' } })
