@@ -147,32 +147,42 @@ export function recordError (appError: AppError, error: unknown, request: Fastif
   }
 }
 
-/**
- * The one error handler: every answer that is not a success goes out through here. A request
- * whose rate-limit count was left to its rotation (DeferredBudget), which did not happen, is
- * counted now, and over the limit the answer is the 429 whatever else went wrong; not for a 503:
- * with Redis failing, the rate limit lets requests through.
- */
-export function errorHandler (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+type ErrorAnswer = (error: unknown, request: FastifyRequest, reply: FastifyReply) => void
+
+function withBudget (answer: ErrorAnswer, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   const { budget } = request
-  if (budget?.pending === true && !(error instanceof StoreUnavailableError)) {
-    return budget.spend().then(() => { answer(error, request, reply) }, (limited: unknown) => { answer(limited, request, reply) })
-  }
+  // Within the limit the answer carries the budget's headers, as the plugin's counting puts them on every answer.
+  if (budget?.count != null) reply.headers(limitHeaders(budget.max, budget.count))
   answer(error, request, reply)
 }
 
-function answer (error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+/**
+ * An error handler that first counts a request whose rate-limit count was left to its rotation
+ * (DeferredBudget), when the rotation did not happen: over the limit the answer is the 429,
+ * whatever else went wrong, as when the plugin counted before the request was read. Not for a
+ * 503: with Redis failing, the rate limit lets requests through. Every scope's error handler is
+ * one of these (`app.setErrorHandler(countedFirst(…))`).
+ */
+export function countedFirst (answer: ErrorAnswer): (this: unknown, error: unknown, request: FastifyRequest, reply: FastifyReply) => void | Promise<void> {
+  return function countingErrorHandler (error, request, reply) {
+    const { budget } = request
+    if (budget?.pending === true && !(error instanceof StoreUnavailableError)) {
+      return budget.spend().then(() => { withBudget(answer, error, request, reply) }, (limited: unknown) => { withBudget(answer, limited, request, reply) })
+    }
+    withBudget(answer, error, request, reply)
+  }
+}
+
+/** The one error handler: every answer that is not a success goes out through here (or a scope's own shape of it). */
+export const errorHandler = countedFirst(function answer (error, request, reply) {
   const appError = toAppError(error)
   recordError(appError, error, request)
-  const { budget } = request
-  // Within the limit, the answer carries the budget's headers, as the plugin's counting puts them on every answer.
-  if (budget?.count != null) reply.headers(limitHeaders(budget.max, budget.count))
   reply.code(appError.statusCode).headers(appError.headers).send(errorBody(appError))
-}
+})
 
 /**
  * RFC 6749 §5.2's error codes: the second error shape, chosen by the /oauth2 routes for their
- * whole scope (`app.setErrorHandler(oauthErrorHandler)`), never per call site.
+ * whole scope (`app.setErrorHandler(countedFirst(oauthErrorHandler))`), never per call site.
  */
 export type OAuthErrorCode = 'invalid_request' | 'invalid_client' | 'invalid_grant' | 'unsupported_grant_type' |
   'unsupported_token_type' | 'insufficient_scope' | 'temporarily_unavailable' | 'server_error' | 'invalid_dpop_proof' | 'use_dpop_nonce'

@@ -4,7 +4,7 @@ import type { FastifyRequest } from 'fastify'
 import {
   AuthorizationServerMetadataSchema, OAuthIntrospectionSchema, OAuthTokenBodySchema, OAuthTokenParamsSchema, OAuthTokenResponseSchema, oauthErrorResponses
 } from '../../schemas/oauth.js'
-import { AppError, BODY_LIMIT, OAuthOnlyError, oauthErrorHandler, TokenRejectedError } from '../../plugins/errors.js'
+import { AppError, BODY_LIMIT, countedFirst, OAuthOnlyError, oauthErrorHandler, TokenRejectedError } from '../../plugins/errors.js'
 import type { VerifiedToken } from '../../plugins/keyring.js'
 import { contextOf } from '../context.js'
 import { introspect, revoke, type Introspection } from '../revocation.js'
@@ -80,13 +80,15 @@ function requireIssuedTo (verified: VerifiedToken | TokenRejectedError, client: 
  * rate limits underneath.
  */
 const oauthEndpoints: FastifyPluginAsyncTypebox = async function oauthEndpoints (app) {
-  app.setErrorHandler(oauthErrorHandler)
+  app.setErrorHandler(countedFirst(oauthErrorHandler))
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: BODY_LIMIT }, parseForm)
   const publicClient = { onRequest: [app.identifyClient], preParsing: [refuseUnknownClient] }
 
   app.post('/oauth2/token', {
     ...publicClient,
+    // Its rate-limit count rides on the rotation (plugins/rate-limit.ts): one round trip to Redis.
+    config: { countedByRotation: true },
     schema: {
       summary: 'RFC 6749 §6: the refresh grant; the same rotation as /v1/tokens/refresh',
       description: DPOP_HEADER_DOC,

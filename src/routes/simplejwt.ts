@@ -4,7 +4,7 @@ import { Type } from 'typebox'
 import { ErrorSchema, errorResponses } from '../../schemas/errors.js'
 import { SimpleErrorSchema, SimpleFieldErrorsSchema, SimplePairSchema, SimpleRefreshBodySchema, SimpleTokenBodySchema } from '../../schemas/simplejwt.js'
 import { contextOf } from '../context.js'
-import { AppError, errorHandler, FieldError, recordError, toAppError, TokenRejectedError } from '../../plugins/errors.js'
+import { AppError, countedFirst, errorHandler, FieldError, recordError, toAppError, TokenRejectedError } from '../../plugins/errors.js'
 import { refreshFor } from './refreshing.js'
 import { introspect, revoke } from '../revocation.js'
 import { DPOP_HEADER_DOC } from '../dpop.js'
@@ -58,9 +58,11 @@ const schemaOf = (summary: string, body: typeof SimpleRefreshBodySchema | typeof
  * detection, so a front end written for SimpleJWT works unchanged (COMPAT_SIMPLEJWT=true).
  */
 const simpleJwtRoutes: FastifyPluginAsyncTypebox = async function simpleJwtRoutes (app) {
-  app.setErrorHandler(simpleJwtErrors)
+  app.setErrorHandler(countedFirst(simpleJwtErrors))
 
   app.post('/api/auth/token/refresh/', {
+    // Its rate-limit count rides on the rotation (plugins/rate-limit.ts): one round trip to Redis.
+    config: { countedByRotation: true },
     schema: { ...schemaOf('SimpleJWT TokenRefreshView: {refresh} → {access, refresh}', SimpleRefreshBodySchema, SimplePairSchema), description: DPOP_HEADER_DOC }
   }, async (request, reply) => {
     const result = await refreshFor(request, reply, requiredString(request.body, 'refresh'))

@@ -133,3 +133,33 @@ test('with Redis down, a refused refresh is answered on its merits and a valid o
     t.equal(response.headers['x-ratelimit-remaining'], undefined, 'no count to report')
   }
 })
+
+test('the SimpleJWT and OAuth refresh routes count the same way, each in its own error shape over the budget', async (t) => {
+  const redis = await startRedis(t)
+  const app = await build(t, { REDIS_URL: redis.url, RATE_LIMIT_MAX: '3' })
+  const [a, b, c] = await pairs(app, 3, 3)
+  const budget = `${app.config.redisKeyPrefix}rl:ip:127.0.0.1`
+  const seen = await monitor(t, redis.url)
+  const simple = async (body: Record<string, unknown>): Promise<InjectResponse> => await app.inject({ method: 'POST', url: '/api/auth/token/refresh/', payload: body })
+  const oauth = async (token: string): Promise<InjectResponse> => await app.inject({
+    method: 'POST', url: '/oauth2/token', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: `grant_type=refresh_token&refresh_token=${token}`
+  })
+  const viaSimple = await simple({ refresh: a!.refresh_token })
+  const viaOAuth = await oauth(b!.refresh_token)
+  const missing = await simple({})
+  t.same([viaSimple.statusCode, viaOAuth.statusCode, missing.statusCode], [200, 200, 400])
+  t.same(missing.json(), { refresh: ['This field is required.'] }, 'DRF\'s shape, counted first')
+  t.same([viaSimple, viaOAuth, missing].map((response) => limitHeadersOf(response).remaining), ['2', '1', '0'])
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const sent = seen.filter((command) => /^(evalsha|eval) /i.test(command) && command.includes(budget))
+  t.equal(sent.length, 3, 'one script per request names the budget')
+  t.equal(sent.filter((command) => command.includes(':j:')).length, 2, 'the two refreshes\' own rotations')
+  const overSimple = await simple({ refresh: c!.refresh_token })
+  t.equal(overSimple.statusCode, 429)
+  t.equal(overSimple.json().code, 'rate_limited')
+  const overOAuth = await oauth(c!.refresh_token)
+  t.equal(overOAuth.statusCode, 429)
+  t.equal(overOAuth.json().error, 'temporarily_unavailable', 'RFC 6749\'s shape')
+  t.equal(limitHeadersOf(overOAuth).retryAfter, '60')
+  t.equal((await refreshWith(app, c!.refresh_token)).statusCode, 429, 'and /v1 over the same budget')
+})
