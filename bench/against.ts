@@ -6,7 +6,7 @@ import { ServerProcess } from './child.js'
 import type { RunContext } from './context.js'
 import { cpuShare, cpuSnapshot } from './cpu.js'
 import { runLoad, unhealthy } from './load.js'
-import { fmtInt } from './report.js'
+import { fmtInt, median } from './report.js'
 import { describeFailures, rotorEnv } from './scenarios.js'
 import { Minter } from './tokens.js'
 
@@ -37,11 +37,6 @@ function spread (values: number[]): { median: number, min: number, max: number }
 }
 
 type Start = typeof ServerProcess.start
-
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)] ?? NaN
-}
 
 /** The other checkout's server starter, or a usage error that says how to build it. */
 export async function otherStarter (dir: string): Promise<Start> {

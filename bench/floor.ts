@@ -9,7 +9,7 @@
 import { createHmac } from 'node:crypto'
 import { Redis } from 'ioredis'
 import type { Minter } from './tokens.js'
-import { table } from './report.js'
+import { median, table } from './report.js'
 import type { ScenarioResult } from './scenarios.js'
 
 export interface Floor {
@@ -80,7 +80,9 @@ export async function measureFloors (results: ScenarioResult[], minterFor: (algo
   const helloUs = serverCpuUs(results.find((r) => r.name === 'hello'))
   const floors: Floor[] = []
   for (const [name, algorithm] of [['refresh', 'EdDSA'], ['refresh-hs256', 'HS256']] as const) {
-    const refreshUs = serverCpuUs(results.find((r) => r.name === name && r.fill === null))
+    // With --reps, the median of the reps.
+    const reps = results.filter((r) => r.name === name && r.fill === null).map(serverCpuUs).filter((us): us is number => us !== null)
+    const refreshUs = reps.length === 0 ? null : median(reps)
     if (helloUs !== null && refreshUs !== null) floors.push(await measureFloor(minterFor(algorithm), redisUrl, helloUs, refreshUs))
   }
   return floors

@@ -10,6 +10,8 @@ export interface Options {
   duration: number
   warmup: number
   connections: number
+  /** --reps: how many times each scenario runs, in rounds (every scenario once, then again); the tables give medians. */
+  reps: number
   scenarios: ScenarioName[]
   scenariosGiven: boolean
   denylistSizes: number[]
@@ -32,7 +34,7 @@ export interface Options {
   redisUrl: string
 }
 
-export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N]
+export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N] [--reps N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
          [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]
          [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR]`
@@ -65,6 +67,7 @@ export function parseOptions (argv: string[]): Options {
       duration: { type: 'string' },
       warmup: { type: 'string' },
       connections: { type: 'string' },
+      reps: { type: 'string' },
       scenarios: { type: 'string' },
       'denylist-sizes': { type: 'string' },
       'session-memory': { type: 'string' },
@@ -117,6 +120,7 @@ export function parseOptions (argv: string[]): Options {
     duration: positive('duration', values.duration, 10),
     warmup: positive('warmup', values.warmup, 2, 0),
     connections: Math.floor(positive('connections', values.connections, 32)),
+    reps: Math.floor(positive('reps', values.reps, 1)),
     scenarios: scenarios.length > 0 ? scenarios : denylistSizes.length > 0 || sessionMemory.length > 0 || replication ? [] : [...SCENARIO_NAMES],
     scenariosGiven: scenarios.length > 0,
     denylistSizes,

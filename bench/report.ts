@@ -115,3 +115,10 @@ export function memoryVerdict (samples: MemorySample[]): MemoryVerdict {
   const text = `${grew ? 'MEMORY GREW beyond noise' : 'memory flat (no growth beyond noise)'}: ${describe(heap)}; ${describe(rss)}`
   return { conclusive: true, grew, samplesUsed: used.length, heap, rss, text }
 }
+
+/** The median (of an even count, the mean of the middle two). */
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}

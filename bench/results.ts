@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis'
 import { resultsDir } from './context.js'
 import { unhealthy } from './load.js'
 import { redisVersion, type FillResult } from './redis.js'
-import { fmtInt, latencyCells, shortCount, table } from './report.js'
+import { fmtInt, latencyCells, median, shortCount, table } from './report.js'
 import type { ScenarioResult } from './scenarios.js'
 import { serverCpuUs } from './floor.js'
 
@@ -45,26 +45,57 @@ export function resultsTable (results: ScenarioResult[]): string {
   return table(['scenario', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'non-2xx', 'errors', '× ceiling', 'CPU server', 'bench', 'redis', 'others'], rows)
 }
 
-/** Rotor against the naive reference of the same algorithm, when the run measured both. */
-export interface NaiveRow { label: string, rotorRps: number, naiveRps: number, rotorCpuUs: number | null, naiveCpuUs: number | null }
+/**
+ * Rotor against the naive reference of the same algorithm, when the run measured both: with
+ * --reps, the medians of the reps, and the median of each rep's ratio (Rotor's rep k against the
+ * naive service's rep k, which ran next to it).
+ */
+export interface NaiveRow {
+  label: string
+  reps: number
+  rotorRps: number
+  naiveRps: number
+  ratio: number
+  rotorCpuUs: number | null
+  naiveCpuUs: number | null
+  rotorP99Ms: number
+}
 
 const NAIVE_PAIRS = [['refresh', 'naive'], ['refresh-hs256', 'naive-hs256']] as const
+
+function medianOrNull (values: Array<number | null>): number | null {
+  const known = values.filter((v): v is number => v !== null)
+  return known.length === 0 ? null : median(known)
+}
 
 export function naiveRows (results: ScenarioResult[]): NaiveRow[] {
   const rows: NaiveRow[] = []
   for (const [rotorName, naiveName] of NAIVE_PAIRS) {
-    const rotor = results.find((r) => r.name === rotorName && r.fill === null)
-    const naive = results.find((r) => r.name === naiveName)
-    if (rotor?.measured == null || naive?.measured == null) continue
-    rows.push({ label: rotor.label, rotorRps: rotor.measured.rps, naiveRps: naive.measured.rps, rotorCpuUs: serverCpuUs(rotor), naiveCpuUs: serverCpuUs(naive) })
+    const rotor = results.filter((r) => r.name === rotorName && r.fill === null && r.measured !== null)
+    const naive = results.filter((r) => r.name === naiveName && r.measured !== null)
+    const reps = Math.min(rotor.length, naive.length)
+    if (reps === 0) continue
+    const rps = (r: ScenarioResult): number => r.measured!.rps
+    rows.push({
+      label: rotor[0]!.label.replace(/ #\d+$/, ''),
+      reps,
+      rotorRps: median(rotor.map(rps)),
+      naiveRps: median(naive.map(rps)),
+      ratio: median(rotor.slice(0, reps).map((r, i) => rps(r) / rps(naive[i]!))),
+      rotorCpuUs: medianOrNull(rotor.map(serverCpuUs)),
+      naiveCpuUs: medianOrNull(naive.map(serverCpuUs)),
+      rotorP99Ms: median(rotor.map((r) => r.measured!.latency.p99))
+    })
   }
   return rows
 }
 
 export function naiveTable (rows: NaiveRow[]): string {
   const us = (n: number | null): string => n === null ? '?' : n.toFixed(0)
-  return table(['against the naive reference', 'Rotor req/s', 'naive req/s', '× naive', 'Rotor CPU µs/req', 'naive CPU µs/req'],
-    rows.map((r) => [r.label, fmtInt(r.rotorRps), fmtInt(r.naiveRps), (r.rotorRps / r.naiveRps).toFixed(2), us(r.rotorCpuUs), us(r.naiveCpuUs)]))
+  const reps = rows[0]?.reps ?? 1
+  const lines = table(['against the naive reference', 'Rotor req/s', 'naive req/s', '× naive', 'Rotor CPU µs/req', 'naive CPU µs/req', 'Rotor p99 ms'],
+    rows.map((r) => [r.label, fmtInt(r.rotorRps), fmtInt(r.naiveRps), r.ratio.toFixed(2), us(r.rotorCpuUs), us(r.naiveCpuUs), r.rotorP99Ms.toFixed(1)]))
+  return reps > 1 ? `${lines}\n(medians of ${reps} reps; × naive: the median of each rep's ratio)` : lines
 }
 
 /** --denylist-sizes: refresh against N records already in Redis. */

@@ -4,6 +4,8 @@
  *   --duration N          seconds measured per scenario (default 10)
  *   --warmup N            seconds of unmeasured warm-up per scenario (default 2)
  *   --connections N       concurrent connections (default 32)
+ *   --reps N              run the scenarios N times, in rounds (each once, then each again, …); the
+ *                         naive and floor tables give medians (default 1; the ceiling runs once)
  *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, naive, naive-hs256, introspect, introspect-hot, jwks (default all;
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
@@ -94,12 +96,17 @@ async function benchmark (run: RunContext): Promise<number> {
   } else if (run.options.soak !== null) {
     soak = await runSoak(run, run.options.soak, results)
   } else {
-    const names: ScenarioName[] = ['hello', ...run.options.scenarios.filter((name) => name !== 'hello')]
+    const names: ScenarioName[] = run.options.scenarios.filter((name) => name !== 'hello')
     if (run.options.denylistSizes.length > 0 && !names.includes('refresh')) names.push('refresh')
-    for (const name of names) {
-      const { result } = await runScenario(run, scenario(name), { ceilingRps })
-      results.push(result)
-      if (name === 'hello' && result.measured !== null) ceilingRps = result.measured.rps
+    const { result: hello } = await runScenario(run, scenario('hello'), { ceilingRps })
+    results.push(hello)
+    if (hello.measured !== null) ceilingRps = hello.measured.rps
+    for (let rep = 1; rep <= run.options.reps; rep++) {
+      for (const name of names) {
+        const label = run.options.reps === 1 ? {} : { label: `${scenario(name).label} #${rep}` }
+        const { result } = await runScenario(run, scenario(name, label), { ceilingRps })
+        results.push(result)
+      }
     }
     const baseline = results.find((r) => r.name === 'refresh')?.measured?.rps ?? null
     for (const entries of run.options.denylistSizes) {

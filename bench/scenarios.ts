@@ -54,7 +54,8 @@ export function scenario (name: ScenarioName, overrides: Partial<Scenario> = {})
 export function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix: string, extra: Record<string, string> = {}): Record<string, string> {
   run.keysFile ??= writeEd25519KeysFile()
   return {
-    LOG_LEVEL: 'silent',
+    // Rotor's default: its one line per token event is part of what a refresh costs (into /dev/null, see bench/server.ts).
+    LOG_LEVEL: 'info',
     API_KEYS: run.apiKey,
     REDIS_URL: run.options.redisUrl,
     REDIS_KEY_PREFIX: prefix,
