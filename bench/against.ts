@@ -11,7 +11,8 @@ import { describeFailures, rotorEnv } from './scenarios.js'
 import { Minter } from './tokens.js'
 
 /**
- * --against DIR: this checkout's Rotor against another checkout's (built), refresh only, in
+ * --against DIR: this checkout's Rotor against another checkout's (built), or against the naive
+ * reference (`--against naive`), refresh only, in
  * alternating slices of SLICE_SECONDS of full load, so that a machine whose speed drifts (a shared
  * VM: ±15 % between identical runs) slows both alike. Each slice's server CPU per refresh is
  * compared with the other server's next to it; the median of those ratios is the answer. Both
@@ -54,14 +55,18 @@ function describeCheckout (dir: string): string {
   }
 }
 
+/** `--against naive`: the naive reference of this checkout (bench/naive.ts) instead of another checkout's Rotor. */
+export const NAIVE = 'naive'
+
 export async function runAgainst (run: RunContext, dir: string, algorithms: Array<'EdDSA' | 'HS256'>): Promise<AgainstRow[]> {
-  const startThere = await otherStarter(dir)
-  const other = describeCheckout(dir)
+  const naive = dir === NAIVE
+  const startThere: Start = naive ? async (_kind, env, options) => await ServerProcess.start('naive', env, options) : await otherStarter(dir)
+  const other = naive ? 'the naive reference (bench/naive.ts)' : describeCheckout(dir)
   const rows: AgainstRow[] = []
   for (const algorithm of algorithms) {
     run.say(`\n▶ refresh (${algorithm}): this checkout against ${other}`)
     const envHere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`)
-    const envThere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`)
+    const envThere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`, run.options.thereEnv)
     const cpus = { cpus: run.options.serverCpus }
     const servers = { here: await ServerProcess.start('rotor', envHere, cpus), there: await startThere('rotor', envThere, cpus) }
     try {
@@ -84,7 +89,7 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
           verify: (body) => body.includes('"refresh_token"')
         })
         const cpu = cpuShare(before, await cpuSnapshot(server, run.redis))
-        if (unhealthy(result)) run.fail(`refresh (${algorithm}) ${which === 'here' ? 'here' : `in ${dir}`}: ${describeFailures(result)}`)
+        if (unhealthy(result)) run.fail(`refresh (${algorithm}) ${which === 'here' ? 'here' : `by ${other}`}: ${describeFailures(result)}`)
         rate = Math.max(rate, result.rps)
         return { us: result.responses === 0 ? NaN : 1e6 * cpu.server * cpu.seconds / result.responses, rps: result.rps }
       }

@@ -20,6 +20,8 @@ export interface Options {
   soak: number | null
   replication: boolean
   serverEnv: Record<string, string>
+  /** --there-env: settings for the other server of --against only (e.g. `--against . --there-env LOG_LEVEL=warn`). */
+  thereEnv: Record<string, string>
   profile: boolean
   /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
   serverCpus: string | null
@@ -36,10 +38,21 @@ export interface Options {
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N] [--reps N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--profile]
-         [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR]`
+         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--profile]
+         [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR|naive]`
 
 class UsageError extends Error {}
+
+/** KEY=VALUE pairs of a repeatable option. */
+function settings (option: string, pairs: string[] | undefined): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const pair of pairs ?? []) {
+    const at = pair.indexOf('=')
+    if (at < 1) throw new UsageError(`--${option} ${pair}: expected KEY=VALUE`)
+    env[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  return env
+}
 
 function positive (name: string, text: string | undefined, fallback: number, min = 1): number {
   if (text === undefined) return fallback
@@ -74,6 +87,7 @@ export function parseOptions (argv: string[]): Options {
       soak: { type: 'string' },
       replication: { type: 'boolean' },
       'server-env': { type: 'string', multiple: true },
+      'there-env': { type: 'string', multiple: true },
       profile: { type: 'boolean' },
       'server-cpus': { type: 'string' },
       'loadgen-cpus': { type: 'string' },
@@ -95,17 +109,14 @@ export function parseOptions (argv: string[]): Options {
     }
     if (scenarios.length === 0) throw new UsageError('--scenarios: name at least one')
   }
-  const serverEnv: Record<string, string> = {}
-  for (const pair of values['server-env'] ?? []) {
-    const at = pair.indexOf('=')
-    if (at < 1) throw new UsageError(`--server-env ${pair}: expected KEY=VALUE`)
-    serverEnv[pair.slice(0, at)] = pair.slice(at + 1)
-  }
+  const serverEnv = settings('server-env', values['server-env'])
+  const thereEnv = settings('there-env', values['there-env'])
   const denylistSizes = counts('denylist-sizes', values['denylist-sizes'])
   const replication = values.replication === true
   const sessionMemory = counts('session-memory', values['session-memory'])
   if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
   const against = values.against ?? null
+  if (against === null && Object.keys(thereEnv).length > 0) throw new UsageError('--there-env: only with --against')
   if (against !== null && (replication || values.soak !== undefined || denylistSizes.length > 0 || sessionMemory.length > 0)) {
     throw new UsageError('--against: alone, or with --scenarios refresh and/or refresh-hs256')
   }
@@ -128,6 +139,7 @@ export function parseOptions (argv: string[]): Options {
     soak: values.soak === undefined ? null : positive('soak', values.soak, 0, 10),
     replication,
     serverEnv,
+    thereEnv,
     profile: values.profile === true,
     serverCpus: values['server-cpus'] ?? null,
     loadgenCpus: values['loadgen-cpus'] ?? null,

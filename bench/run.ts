@@ -31,6 +31,8 @@
  *                         (unpinned, the shared Redis runs wherever the kernel puts it, the server's
  *                         core included)
  *   --against DIR         only: this checkout's refresh against another checkout's (built: DIR/dist),
+ *                         or against the naive reference with `--against naive`; `--there-env K=V`
+ *                         sets K for the other server only (`--against . --there-env LOG_LEVEL=warn`),
  *                         in alternating 1.5 s slices of full load; server CPU per refresh, slice by
  *                         slice (--scenarios refresh,refresh-hs256 chooses the algorithms; default both)
  *
