@@ -11,10 +11,10 @@ const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 /** The same for a session listed at issuance, over the side connection. */
 const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 
-/** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 /** The rotation's scripts: plain, for a session bound to a DPoP key, and each counting the request's rate-limit budget too. */
 const ROTATE_COMMANDS = ['rotorRotate', 'rotorRotateProven', 'rotorRotateCounted', 'rotorRotateProvenCounted'] as const
 type RotateCommand = typeof ROTATE_COMMANDS[number]
+/** The commands that write, by name: sent alone, or in a pipeline followed by WAIT. */
 type WriteCommand = RotateCommand | 'rotorRevokeSubject' | 'rotorRevokeSession' | 'rotorEndSessions' | 'set'
 type Send = (...args: Array<string | number>) => unknown
 type Confirm = (keys: number, ...keysThenTimes: string[]) => Promise<unknown>

@@ -166,14 +166,14 @@ end
 `
 export const ROTATE = `${INDEX}${DEADLINE}${ROTATION}`
 
+const PROOF = `
+if not redis.call('SET', KEYS[7], '1', 'PX', ARGV[16], 'NX') then return {'replayed', '0', 0, {}} end
+`
 /**
  * ROTATE for a session bound to a DPoP key: first the proof's one-time record, KEYS[7], for
  * ARGV[16] ms (as consumeOnce writes it); a proof seen before answers `replayed` and nothing else
  * is done. One atomic step, so a proof cannot be replayed even concurrently.
  */
-const PROOF = `
-if not redis.call('SET', KEYS[7], '1', 'PX', ARGV[16], 'NX') then return {'replayed', '0', 0, {}} end
-`
 export const ROTATE_PROVEN = `${INDEX}${DEADLINE}${PROOF}${ROTATION}`
 
 /**
