@@ -12,11 +12,11 @@ export interface DeferredBudget extends BudgetRef {
   /** The count, once there is one: its headers go on the answer (limitHeaders). */
   count: BudgetCount | null
   /** Takes the count the rotation's script answered (the request is no longer pending). */
-  counted: (count: BudgetCount) => void
+  counted(count: BudgetCount): void
   /** The 429 for a count over the limit, its headers with it. */
-  exceeded: () => Error
+  exceeded(): Error
   /** Counts the request on its own (while pending only); over the limit, rejects with the 429. Redis failing, lets it through (as the plugin does). */
-  spend: () => Promise<void>
+  spend(): Promise<void>
 }
 
 declare module 'fastify' {

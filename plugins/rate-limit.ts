@@ -143,39 +143,49 @@ function budgetKey (request: FastifyRequest): string {
   return request.client === null ? `anon:${normalizeIP(request.ip)}` : `key:${request.client.name}`
 }
 
-function limited (max: number, count: BudgetCount): AppError {
-  return new AppError('rate_limited', `rate limit exceeded, retry in ${Math.ceil(count.ttlMs / 1000)} s`, limitHeaders(max, count))
+function exceededMessage (ttlMs: number): string {
+  return `rate limit exceeded, retry in ${Math.ceil(ttlMs / 1000)} s`
 }
 
 /**
  * A request's budget left to its rotation to count (DeferredBudget): Redis's one round trip for
  * both, where a refresh took two in a row (the count, then the rotation; the server idled between).
  */
-function deferred (store: BatchedRedisStore, key: string, max: number, windowMs: number): DeferredBudget {
-  const budget: DeferredBudget = {
-    key,
-    max,
-    windowMs,
-    pending: true,
-    count: null,
-    counted: (count) => {
-      budget.pending = false
-      budget.count = count
-    },
-    exceeded: () => limited(max, budget.count!),
-    spend: async () => {
-      budget.pending = false
-      let count: BudgetCount
-      try {
-        count = await store.countOne(key)
-      } catch {
-        return // Redis failing: let through, as the plugin's own counting does (skipOnError).
-      }
-      budget.counted(count)
-      if (count.current > max) throw budget.exceeded()
-    }
+class RotationBudget implements DeferredBudget {
+  pending = true
+  count: BudgetCount | null = null
+  readonly key: string
+  readonly max: number
+  readonly windowMs: number
+  private readonly store: BatchedRedisStore
+
+  constructor (store: BatchedRedisStore, key: string, max: number, windowMs: number) {
+    this.store = store
+    this.key = key
+    this.max = max
+    this.windowMs = windowMs
   }
-  return budget
+
+  counted (count: BudgetCount): void {
+    this.pending = false
+    this.count = count
+  }
+
+  exceeded (): AppError {
+    return new AppError('rate_limited', exceededMessage(this.count!.ttlMs), limitHeaders(this.max, this.count!))
+  }
+
+  async spend (): Promise<void> {
+    this.pending = false
+    let count: BudgetCount
+    try {
+      count = await this.store.countOne(this.key)
+    } catch {
+      return // Redis failing: let through, as the plugin's own counting does (skipOnError).
+    }
+    this.counted(count)
+    if (count.current > this.max) throw this.exceeded()
+  }
 }
 
 /**
@@ -211,10 +221,11 @@ export default fp(async function rateLimitPlugin (app, opts: RateLimitOptions) {
     allowList: (request: FastifyRequest, key: string) => {
       if (key.startsWith('ip:') && allowed.has(normalizeIP(request.ip, 128))) return true
       if (folded === null || request.routeOptions.config.countedByRotation !== true) return false
-      request.budget = deferred(folded, `${nameSpace}${key}`, opts.max, windowMs)
+      request.budget = new RotationBudget(folded, `${nameSpace}${key}`, opts.max, windowMs)
       return true
     },
-    errorResponseBuilder: (_request, context) => limited(opts.max, { current: opts.max + 1, ttlMs: context.ttl })
+    // The plugin puts the headers on the answer itself.
+    errorResponseBuilder: (_request, context) => new AppError('rate_limited', exceededMessage(context.ttl))
   })
   app.decorate('backendRoute', (scope: Scope) => ({
     config: { budget: 'api-key' as const },
