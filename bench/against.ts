@@ -55,13 +55,21 @@ function describeCheckout (dir: string): string {
   }
 }
 
-/** `--against naive`: the naive reference of this checkout (bench/naive.ts) instead of another checkout's Rotor. */
-export const NAIVE = 'naive'
+/**
+ * `--against naive` / `--against naive-one-key`: the naive reference of this checkout
+ * (bench/naive.ts), its refresh tokens under Rotor's refresh key or under the access-token key,
+ * instead of another checkout's Rotor.
+ */
+const NAIVE = { naive: 'refresh', 'naive-one-key': 'access' } as const
+
+function isNaive (dir: string): dir is keyof typeof NAIVE {
+  return Object.hasOwn(NAIVE, dir)
+}
 
 export async function runAgainst (run: RunContext, dir: string, algorithms: Array<'EdDSA' | 'HS256'>): Promise<AgainstRow[]> {
-  const naive = dir === NAIVE
-  const startThere: Start = naive ? async (_kind, env, options) => await ServerProcess.start('naive', env, options) : await otherStarter(dir)
-  const other = naive ? 'the naive reference (bench/naive.ts)' : describeCheckout(dir)
+  const naive = isNaive(dir) ? NAIVE[dir] : null
+  const startThere: Start = naive !== null ? async (_kind, env, options) => await ServerProcess.start('naive', { ...env, NAIVE_REFRESH_KEY: naive }, options) : await otherStarter(dir)
+  const other = naive === null ? describeCheckout(dir) : `the naive reference (bench/naive.ts${naive === 'access' ? ', one key' : ''})`
   const rows: AgainstRow[] = []
   for (const algorithm of algorithms) {
     run.say(`\n▶ refresh (${algorithm}): this checkout against ${other}`)
@@ -75,7 +83,8 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
       let rate = 10_000
       const slice = async (which: 'here' | 'there', seconds: number): Promise<{ us: number, rps: number }> => {
         const server = servers[which]
-        const bodies = minter.refreshBodies(Math.ceil(rate * seconds * 2.5) + 500)
+        const count = Math.ceil(rate * seconds * 2.5) + 500
+        const bodies = which === 'there' && naive === 'access' ? minter.oneKeyRefreshBodies(count) : minter.refreshBodies(count)
         let next = 0
         const before = await cpuSnapshot(server, run.redis)
         const result = await runLoad({

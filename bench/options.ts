@@ -3,7 +3,7 @@ import { CPU_LIST } from './pinning.js'
 
 /** The command line of bench/run.ts (documented in its header comment and in bench/README.md). */
 
-const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'refresh-dpop', 'naive', 'naive-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
+const SCENARIO_NAMES = ['hello', 'issue', 'refresh', 'refresh-hs256', 'refresh-dpop', 'naive', 'naive-one-key', 'naive-hs256', 'introspect', 'introspect-hot', 'jwks'] as const
 export type ScenarioName = typeof SCENARIO_NAMES[number]
 
 export interface Options {
@@ -39,7 +39,7 @@ export interface Options {
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N] [--reps N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
          [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--profile]
-         [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR|naive]`
+         [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR|naive|naive-one-key]`
 
 class UsageError extends Error {}
 

@@ -61,7 +61,8 @@ export interface NaiveRow {
   rotorP99Ms: number
 }
 
-const NAIVE_PAIRS = [['refresh', 'naive'], ['refresh-hs256', 'naive-hs256']] as const
+/** Rotor's scenario, the reference's, and how the row names the reference (none: the default one). */
+const NAIVE_PAIRS = [['refresh', 'naive', ''], ['refresh', 'naive-one-key', ', one-key naive'], ['refresh-hs256', 'naive-hs256', '']] as const
 
 function medianOrNull (values: Array<number | null>): number | null {
   const known = values.filter((v): v is number => v !== null)
@@ -70,14 +71,14 @@ function medianOrNull (values: Array<number | null>): number | null {
 
 export function naiveRows (results: ScenarioResult[]): NaiveRow[] {
   const rows: NaiveRow[] = []
-  for (const [rotorName, naiveName] of NAIVE_PAIRS) {
+  for (const [rotorName, naiveName, suffix] of NAIVE_PAIRS) {
     const rotor = results.filter((r) => r.name === rotorName && r.fill === null && r.measured !== null)
     const naive = results.filter((r) => r.name === naiveName && r.measured !== null)
     const reps = Math.min(rotor.length, naive.length)
     if (reps === 0) continue
     const rps = (r: ScenarioResult): number => r.measured!.rps
     rows.push({
-      label: rotor[0]!.label.replace(/ #\d+$/, ''),
+      label: rotor[0]!.label.replace(/ #\d+$/, '') + suffix,
       reps,
       rotorRps: median(rotor.map(rps)),
       naiveRps: median(naive.map(rps)),

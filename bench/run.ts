@@ -6,7 +6,7 @@
  *   --connections N       concurrent connections (default 32)
  *   --reps N              run the scenarios N times, in rounds (each once, then each again, …); the
  *                         naive and floor tables give medians (default 1; the ceiling runs once)
- *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, naive, naive-hs256, introspect, introspect-hot, jwks (default all;
+ *   --scenarios a,b       any of: hello, issue, refresh, refresh-hs256, refresh-dpop, naive, naive-one-key, naive-hs256, introspect, introspect-hot, jwks (default all;
  *                         hello, the ceiling, always runs first so every ratio is of this run)
  *   --denylist-sizes N,M  fill Redis with N (then M) live rotated-token records before measuring
  *                         refresh; prints bytes per record. Accepts 10k, 1m.
@@ -31,7 +31,7 @@
  *                         (unpinned, the shared Redis runs wherever the kernel puts it, the server's
  *                         core included)
  *   --against DIR         only: this checkout's refresh against another checkout's (built: DIR/dist),
- *                         or against the naive reference with `--against naive`; `--there-env K=V`
+ *                         or against the naive reference with `--against naive` (`naive-one-key`: the one-key one); `--there-env K=V`
  *                         sets K for the other server only (`--against . --there-env LOG_LEVEL=warn`),
  *                         in alternating 1.5 s slices of full load; server CPU per refresh, slice by
  *                         slice (--scenarios refresh,refresh-hs256 chooses the algorithms; default both)

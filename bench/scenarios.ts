@@ -14,7 +14,7 @@ import { Minter, writeEd25519KeysFile } from './tokens.js'
  * deleted. The soak and --replication run theirs through runScenario too.
  */
 
-type BodyKind = 'none' | 'issue' | 'refresh' | 'refresh-dpop' | 'introspect' | 'introspect-hot'
+type BodyKind = 'none' | 'issue' | 'refresh' | 'refresh-one-key' | 'refresh-dpop' | 'introspect' | 'introspect-hot'
 
 export interface Scenario {
   name: string
@@ -29,6 +29,8 @@ export interface Scenario {
   expect: string
   /** Each 2xx writes exactly one rotated-token record: checked in Redis afterwards. */
   rotates: boolean
+  /** Settings of this scenario's server on top of rotorEnv's. */
+  env?: Record<string, string>
 }
 
 const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
@@ -39,6 +41,8 @@ const SCENARIOS: Record<ScenarioName, Omit<Scenario, 'name'>> = {
   'refresh-dpop': { label: 'refresh (EdDSA, DPoP)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh-dpop', expect: '"refresh_token"', rotates: true },
   // The reference (bench/naive.ts): the same refresh bodies, a service that does far less.
   naive: { label: 'naive refresh (EdDSA)', server: 'naive', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
+  // The reference as the issue describes it: @fastify/jwt's one secret signs and verifies both tokens.
+  'naive-one-key': { label: 'naive refresh, one key (EdDSA)', server: 'naive', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh-one-key', expect: '"refresh_token"', rotates: true, env: { NAIVE_REFRESH_KEY: 'access' } },
   'naive-hs256': { label: 'naive refresh (HS256)', server: 'naive', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   'refresh-hs256': { label: 'refresh (HS256)', server: 'rotor', algorithm: 'HS256', method: 'POST', path: '/v1/tokens/refresh', apiKey: false, body: 'refresh', expect: '"refresh_token"', rotates: true },
   introspect: { label: 'introspect (EdDSA access)', server: 'rotor', algorithm: 'EdDSA', method: 'POST', path: '/v1/tokens/introspect', apiKey: true, body: 'introspect', expect: '"active":true', rotates: false },
@@ -137,6 +141,7 @@ function issueBodies (): string[] {
 function mint (minter: Minter, kind: BodyKind, n: number, url: string): Array<string | PooledRequest> {
   // Only the one-use kinds are minted into the pool (refresh, introspect).
   if (kind === 'refresh-dpop') return minter.dpopRefreshRequests(n, url)
+  if (kind === 'refresh-one-key') return minter.oneKeyRefreshBodies(n)
   return kind === 'refresh' ? minter.refreshBodies(n) : minter.introspectBodies(n)
 }
 
@@ -196,7 +201,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
   const target = opts.target ?? sharedTarget(run)
   // Proofs are signed when the pool is minted, before the run: they must stay acceptable through it.
   const proofAge = s.body === 'refresh-dpop' ? { DPOP_PROOF_MAX_AGE: `${Math.ceil(run.options.warmup + run.options.duration * 3) + 300}s` } : {}
-  const env = s.server !== 'hello' ? rotorEnv(run, s.algorithm, prefix, { ...proofAge, ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...opts.env }) : {}
+  const env = s.server !== 'hello' ? rotorEnv(run, s.algorithm, prefix, { ...proofAge, ...(opts.target === undefined ? {} : { REDIS_URL: target.url }), ...s.env, ...opts.env }) : {}
   const shownEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !['API_KEYS', 'JWT_SECRET', 'JWT_KEYS_FILE'].includes(key)))
   const result: ScenarioResult = {
     name: s.name,
@@ -249,7 +254,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
       const started = process.hrtime.bigint()
       pool.fill(mint(minter, s.body, n, refreshUrl))
       result.tokensMinted += n
-      run.say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' ? 'refresh' : s.body === 'refresh-dpop' ? 'bound refresh tokens and proofs:' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
+      run.say(`  minted ${fmtInt(n)} distinct ${s.body === 'refresh' || s.body === 'refresh-one-key' ? 'refresh' : s.body === 'refresh-dpop' ? 'bound refresh tokens and proofs:' : 'access'} tokens in ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(1)} s`)
     }
 
     // One request first: a wrong setting shows as a clear message, not as a wall of non-2xx.
@@ -272,7 +277,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
       connections: run.options.connections,
       verify: (body) => body.includes(s.expect)
     })
-    const pooled = s.body === 'refresh' || s.body === 'refresh-dpop' || s.body === 'introspect'
+    const pooled = s.body === 'refresh' || s.body === 'refresh-one-key' || s.body === 'refresh-dpop' || s.body === 'introspect'
     // Nothing beats the ceiling.
     const guess = opts.ceilingRps ?? 25_000
 

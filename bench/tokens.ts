@@ -113,6 +113,19 @@ export class Minter {
     return bodies
   }
 
+  /**
+   * `count` refresh bodies for the naive reference with one key (`NAIVE_REFRESH_KEY=access`, the
+   * scenario `naive-one-key`): Rotor's refresh claims, signed with the access-token key and algorithm.
+   */
+  oneKeyRefreshBodies (count: number): string[] {
+    const bodies = new Array<string>(count)
+    for (let i = 0; i < count; i++) {
+      const claims = JSON.parse(Buffer.from(this.refreshToken().split('.')[1] as string, 'base64url').toString()) as Record<string, unknown>
+      bodies[i] = `{"refresh_token":"${this.keyring.signAccess(claims)}"}`
+    }
+    return bodies
+  }
+
   /** `count` request bodies for POST /v1/tokens/introspect, each with its own access token. */
   introspectBodies (count: number): string[] {
     const bodies = new Array<string>(count)
