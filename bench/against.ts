@@ -6,7 +6,10 @@ import { ServerProcess } from './child.js'
 import type { RunContext } from './context.js'
 import { cpuShare, cpuSnapshot } from './cpu.js'
 import { runLoad, unhealthy } from './load.js'
-import { fmtInt, median } from './report.js'
+import { pinToCpus } from './pinning.js'
+import { fillDenylist } from './redis.js'
+import { BenchRedis } from './replication.js'
+import { fmtInt, fmtMiB, median } from './report.js'
 import { describeFailures, rotorEnv } from './scenarios.js'
 import { Minter } from './tokens.js'
 
@@ -70,19 +73,24 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
   const naive = isNaive(dir) ? NAIVE[dir] : null
   const startThere: Start = naive !== null ? async (_kind, env, options) => await ServerProcess.start('naive', { ...env, NAIVE_REFRESH_KEY: naive }, options) : await otherStarter(dir)
   const other = naive === null ? describeCheckout(dir) : `the naive reference (bench/naive.ts${naive === 'access' ? ', one key' : ''})`
+  const filled = run.options.thereDenylist
   const rows: AgainstRow[] = []
   for (const algorithm of algorithms) {
-    run.say(`\n▶ refresh (${algorithm}): this checkout against ${other}`)
+    run.say(`\n▶ refresh (${algorithm}): this checkout against ${other}${filled > 0 ? `, whose denylist holds ${fmtInt(filled)} records` : ''}`)
     const envHere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`)
-    const envThere = rotorEnv(run, algorithm, `${run.prefix}${++run.scenarioCount}:`, run.options.thereEnv)
+    const prefixThere = `${run.prefix}${++run.scenarioCount}:`
+    const redisThere = filled > 0 ? await filledRedis(run, prefixThere, filled) : null
+    const envThere = rotorEnv(run, algorithm, prefixThere, { ...(redisThere === null ? {} : { REDIS_URL: redisThere.url }), ...run.options.thereEnv })
     const cpus = { cpus: run.options.serverCpus }
-    const servers = { here: await ServerProcess.start('rotor', envHere, cpus), there: await startThere('rotor', envThere, cpus) }
+    const servers: { here: ServerProcess | null, there: ServerProcess | null } = { here: null, there: null }
     try {
+      servers.here = await ServerProcess.start('rotor', envHere, cpus)
+      servers.there = await startThere('rotor', envThere, cpus)
       // The same keys: one minter serves both.
       const minter = new Minter(envHere)
       let rate = 10_000
       const slice = async (which: 'here' | 'there', seconds: number): Promise<{ us: number, rps: number }> => {
-        const server = servers[which]
+        const server = servers[which]!
         const count = Math.ceil(rate * seconds * 2.5) + 500
         const bodies = which === 'there' && naive === 'access' ? minter.oneKeyRefreshBodies(count) : minter.refreshBodies(count)
         let next = 0
@@ -119,7 +127,7 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
       }
       rows.push({
         algorithm,
-        other,
+        other: filled > 0 ? `${other}, ${fmtInt(filled)} records in its denylist` : other,
         slices,
         medianUsHere: median(slices.map((s) => s.here.us)),
         medianUsThere: median(slices.map((s) => s.there.us)),
@@ -127,10 +135,29 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
         rpsRatio: spread(slices.map((s) => s.here.rps / s.there.rps))
       })
     } finally {
-      await Promise.all([servers.here.stop(), servers.there.stop()])
+      await Promise.all([servers.here?.stop(), servers.there?.stop(), redisThere?.stop()])
     }
   }
   return rows
+}
+
+/**
+ * `--there-denylist N`: a redis-server of the bench's own for the other server, pinned where the
+ * run's Redis is (`--redis-cpus`), filled with N records shaped as Rotor writes them. The two
+ * servers then differ in their denylist alone, and each slice's neighbour is the empty one.
+ */
+async function filledRedis (run: RunContext, prefix: string, entries: number): Promise<BenchRedis> {
+  const redis = await BenchRedis.start()
+  try {
+    pinToCpus(redis.pid, run.options.redisCpus!)
+    run.say(`  filling the other server's denylist (redis-server pid ${redis.pid}) with ${fmtInt(entries)} records …`)
+    const fill = await fillDenylist(redis.client, redis.url, prefix, entries)
+    run.say(`  filled in ${fill.seconds.toFixed(1)} s; used_memory +${fmtMiB(fill.usedMemoryAfter - fill.usedMemoryBefore)}`)
+    return redis
+  } catch (error) {
+    await redis.stop()
+    throw error
+  }
 }
 
 function fmtSpread (r: { median: number, min: number, max: number }): string {

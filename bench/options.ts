@@ -22,6 +22,12 @@ export interface Options {
   serverEnv: Record<string, string>
   /** --there-env: settings for the other server of --against only (e.g. `--against . --there-env LOG_LEVEL=warn`). */
   thereEnv: Record<string, string>
+  /**
+   * --there-denylist: records in the other server's denylist, for --against with --redis-cpus: that
+   * server gets a redis-server of its own, filled first (`--against . --there-denylist 5m`: what a
+   * full denylist costs, slice by slice); 0: the same Redis as this checkout's.
+   */
+  thereDenylist: number
   profile: boolean
   /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
   serverCpus: string | null
@@ -38,7 +44,7 @@ export interface Options {
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N] [--reps N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--profile]
+         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--there-denylist N] [--profile]
          [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR|naive|naive-one-key]`
 
 class UsageError extends Error {}
@@ -88,6 +94,7 @@ export function parseOptions (argv: string[]): Options {
       replication: { type: 'boolean' },
       'server-env': { type: 'string', multiple: true },
       'there-env': { type: 'string', multiple: true },
+      'there-denylist': { type: 'string' },
       profile: { type: 'boolean' },
       'server-cpus': { type: 'string' },
       'loadgen-cpus': { type: 'string' },
@@ -117,6 +124,11 @@ export function parseOptions (argv: string[]): Options {
   if (replication && values.soak !== undefined) throw new UsageError('--replication and --soak: one at a time')
   const against = values.against ?? null
   if (against === null && Object.keys(thereEnv).length > 0) throw new UsageError('--there-env: only with --against')
+  const thereDenylist = counts('there-denylist', values['there-denylist'])
+  if (thereDenylist.length > 1) throw new UsageError('--there-denylist: one count')
+  if (thereDenylist.length > 0 && (against === null || values['redis-cpus'] === undefined)) {
+    throw new UsageError('--there-denylist: only with --against and --redis-cpus (the filled denylist gets a redis-server of its own)')
+  }
   if (against !== null && (replication || values.soak !== undefined || denylistSizes.length > 0 || sessionMemory.length > 0)) {
     throw new UsageError('--against: alone, or with --scenarios refresh and/or refresh-hs256')
   }
@@ -140,6 +152,7 @@ export function parseOptions (argv: string[]): Options {
     replication,
     serverEnv,
     thereEnv,
+    thereDenylist: thereDenylist[0] ?? 0,
     profile: values.profile === true,
     serverCpus: values['server-cpus'] ?? null,
     loadgenCpus: values['loadgen-cpus'] ?? null,

@@ -32,7 +32,9 @@
  *                         core included)
  *   --against DIR         only: this checkout's refresh against another checkout's (built: DIR/dist),
  *                         or against the naive reference with `--against naive` (`naive-one-key`: the one-key one); `--there-env K=V`
- *                         sets K for the other server only (`--against . --there-env LOG_LEVEL=warn`),
+ *                         sets K for the other server only (`--against . --there-env LOG_LEVEL=warn`);
+ *                         `--there-denylist N` (with --redis-cpus) gives the other server a redis-server
+ *                         of its own holding N denylist records (`--against . --there-denylist 5m`),
  *                         in alternating 1.5 s slices of full load; server CPU per refresh, slice by
  *                         slice (--scenarios refresh,refresh-hs256 chooses the algorithms; default both)
  *
