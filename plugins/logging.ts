@@ -95,13 +95,21 @@ export class RequestLogController extends LogController {
   }
 }
 
+/** The most bytes a write to a pipe carries whole, never mixed with another process's (POSIX: at least 512; Linux: 4096). */
+const PIPE_BUF = 4096
+
 /** How long a log line may wait in the buffer before it is written (ms). */
 export const LOG_FLUSH_MS = 250
 
 /**
  * Where Rotor's process logs (src/server.ts): a file descriptor or a file, written off the
  * request's path. Lines gather in a buffer (sonic-boom, pino's own destination, asynchronous) and
- * leave in one write per 4 KiB or every LOG_FLUSH_MS, whichever comes first; what is still
+ * leave once 4 KiB wait or every LOG_FLUSH_MS, whichever comes first, in writes of whole lines
+ * (up to 16 KiB). `shared`: other processes write to the same destination (WORKERS > 1: one
+ * standard output); writes then carry at most PIPE_BUF bytes, begun once 3 KiB wait: such a write
+ * to a pipe is atomic, so no process splits another's lines (a single line longer than that
+ * excepted; 16 KiB writes did split them when the pipe was full). It costs 2 to 5 % of a refresh's
+ * CPU on one core (twice the writes), which is why a lone process does not pay it. What is still
  * buffered when the process exits (an error included) is written synchronously then. A SIGKILL
  * loses at most the last LOG_FLUSH_MS.
  *
@@ -109,12 +117,13 @@ export const LOG_FLUSH_MS = 250
  * whose reader had left (EPIPE) forever, and the process never exited. Here such a destination
  * ends logging, said once on stderr; the service goes on. `stop` writes what is left.
  */
-export function bufferedDestination (dest: number | string): { stream: DestinationStream, stop: () => void } {
+export function bufferedDestination (dest: number | string, options: { shared?: boolean } = {}): { stream: DestinationStream, stop: () => void } {
   // maxWriteRetries (missing from sonic-boom's types): a full pipe at exit is retried for 2 s at most.
   // Buffers, not strings: a string buffer is measured again (flattened, UTF-8 counted) for every
   // line and encoded twice per write; one Buffer per line costs a third of that (about 1 µs a line).
-  const options: SonicBoomOpts & { maxWriteRetries: number } = { dest, sync: false, minLength: 4096, periodicFlush: LOG_FLUSH_MS, maxWriteRetries: 20, contentMode: 'buffer' }
-  const stream = new sonicBoom.SonicBoom(options)
+  const sizes = options.shared === true ? { minLength: 3 * 1024, maxWrite: PIPE_BUF } : { minLength: 4096 }
+  const boom: SonicBoomOpts & { maxWriteRetries: number } = { dest, sync: false, ...sizes, periodicFlush: LOG_FLUSH_MS, maxWriteRetries: 20, contentMode: 'buffer' }
+  const stream = new sonicBoom.SonicBoom(boom)
   // In contentMode 'buffer' sonic-boom takes Buffers (its types know strings only).
   const writeBuffer = stream.write.bind(stream) as unknown as (chunk: Buffer) => boolean
   let broken = false

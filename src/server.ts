@@ -24,7 +24,8 @@ try {
 
 async function serve (config: Config): Promise<void> {
   // Standard output, buffered: a log line never makes a request wait for the write.
-  const log = bufferedDestination(1)
+  // With WORKERS > 1 every worker writes to this one standard output.
+  const log = bufferedDestination(1, { shared: config.workers > 1 })
   const app = await buildApp(config, { logStream: log.stream })
 
   if (config.generatedApiKey !== null) {

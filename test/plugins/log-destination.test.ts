@@ -1,6 +1,6 @@
 import { test } from 'tap'
-import { fork } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { execFileSync, fork } from 'node:child_process'
+import { createReadStream, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { LOG_FLUSH_MS } from '../../plugins/logging.js'
@@ -11,8 +11,8 @@ function lines (file: string): string[] {
   return readFileSync(file, 'utf8').split('\n').filter((line) => line !== '').map((line) => (JSON.parse(line) as { msg: string }).msg)
 }
 
-async function run (file: string, mode: string): Promise<{ code: number | null, signal: string | null }> {
-  const child = fork(WRITER, [file, mode], { execArgv: process.execArgv, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
+async function run (file: string, mode: string, count = 0): Promise<{ code: number | null, signal: string | null }> {
+  const child = fork(WRITER, [file, mode, String(count)], { execArgv: process.execArgv, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
   if (mode === 'wait') {
     await new Promise((resolve) => child.once('message', resolve))
     // Past the flush interval, with room to spare on a busy machine; then no chance to write anything.
@@ -52,4 +52,38 @@ test('a destination that can no longer be written (a pipe whose reader left) doe
   const before = await logIntoClosedPipe(LOG_FLUSH_MS * 4)
   t.same(before.ended, { code: 0, signal: null }, 'found out by a periodic write: the process went on, and exits cleanly')
   t.match(before.stderr, /^rotor: the log destination failed \(EPIPE[^\n]*\): nothing more is logged\n$/, 'said once, on stderr')
+})
+
+/** Lines each writer of the shared pipe logs, about 200 bytes each. */
+const MANY_LINES = 20_000
+
+test('processes sharing one pipe (WORKERS > 1 on one standard output) never split each other\'s lines', async (t) => {
+  // Writes of at most PIPE_BUF bytes to a pipe are atomic; longer ones are not, and two writers
+  // whose chunks land in a full pipe interleave mid-line. A FIFO shared by two writers that log
+  // fast and flush at exit, with a reader that drains it slowly: every line must come out whole
+  // (written as a `shared` destination: unshared, 3 runs of 3 split lines).
+  const fifo = join(t.testdir({}), 'log.fifo')
+  execFileSync('mkfifo', [fifo])
+  const chunks: Buffer[] = []
+  // Small reads, and none at first: the pipe fills, and both writers wait on it mid-chunk.
+  const reader = createReadStream(fifo, { highWaterMark: 1024 })
+  reader.pause()
+  reader.on('data', (chunk) => { chunks.push(chunk as Buffer) })
+  setTimeout(() => { reader.resume() }, 500)
+  const read = new Promise<void>((resolve) => reader.once('close', () => { resolve() }))
+  const writers = [0, 1].map(async () => await run(fifo, 'many', MANY_LINES))
+  t.same(await Promise.all(writers), [{ code: 0, signal: null }, { code: 0, signal: null }], 'both writers exited cleanly')
+  await read
+  const text = Buffer.concat(chunks).toString()
+  t.ok(text.endsWith('\n'), 'the last line is whole')
+  const split = text.split('\n').slice(0, -1).filter((line) => {
+    try {
+      JSON.parse(line)
+      return false
+    } catch {
+      return true
+    }
+  })
+  t.equal(split.length, 0, 'no line was split by the other writer\'s')
+  t.equal(text.split('\n').length - 1, 2 * MANY_LINES, 'every line of both writers arrived')
 })

@@ -1,14 +1,20 @@
 // A process that logs through bufferedDestination (as src/server.ts does) and then ends as told:
-// `exit` (process.exit at once), `throw` (an uncaught error), `wait` (until killed) or `gone`
-// (it logs to standard output, a pipe, and exits when told: the parent closed the pipe first).
+// `exit` (process.exit at once), `throw` (an uncaught error), `wait` (until killed), `gone`
+// (it logs to standard output, a pipe, and exits when told: the parent closed the pipe first) or
+// `many` (`count` lines in all into `file`, a FIFO other writers share, as a destination
+// `shared` with other processes, then process.exit).
 import { openSync } from 'node:fs'
 import { pino } from 'pino'
 import { bufferedDestination } from '../../plugins/logging.js'
 
-const [file = '', mode = 'exit'] = process.argv.slice(2)
-const log = pino({}, bufferedDestination(mode === 'gone' ? 1 : openSync(file, 'a')).stream)
+const [file = '', mode = 'exit', count = '0'] = process.argv.slice(2)
+const log = pino({}, bufferedDestination(mode === 'gone' ? 1 : openSync(file, 'a'), { shared: mode === 'many' }).stream)
 log.info({ n: 1 }, 'first line')
 log.info({ n: 2 }, 'second line')
+if (mode === 'many') {
+  for (let n = 3; n <= Number(count); n++) log.info({ n, padding: 'x'.repeat(100) }, 'one of many lines')
+  process.exit(0)
+}
 if (mode === 'exit') process.exit(0)
 if (mode === 'throw') throw new Error('boom')
 const alive = setInterval(() => {}, 1000)
