@@ -102,6 +102,22 @@ const PIPE_BUF = 4096
 export const LOG_FLUSH_MS = 250
 
 /**
+ * The most a log buffer holds (bytes) while its destination does not take it (a stalled pipe, a
+ * log driver that blocks): past it, lines are dropped and counted, not kept until the process runs
+ * out of memory. About 80,000 lines; at a few thousand lines a second, half a minute of them.
+ */
+export const LOG_BUFFER_MAX = 16 * 1024 * 1024
+
+export interface BufferedDestination {
+  /** Where pino writes. */
+  stream: DestinationStream
+  /** Writes what is buffered, synchronously; the process's exit does it too. */
+  stop: () => void
+  /** Called for every line dropped because LOG_BUFFER_MAX bytes were waiting (the service counts them in /metrics). */
+  onDrop: (listener: () => void) => void
+}
+
+/**
  * Where Rotor's process logs (src/server.ts): a file descriptor or a file, written off the
  * request's path. Lines gather in a buffer (sonic-boom, pino's own destination, asynchronous) and
  * leave once 4 KiB wait or every LOG_FLUSH_MS, whichever comes first, in writes of whole lines
@@ -109,7 +125,9 @@ export const LOG_FLUSH_MS = 250
  * standard output); writes then carry at most PIPE_BUF bytes, begun once 3 KiB wait: such a write
  * to a pipe is atomic, so no process splits another's lines (a single line longer than that
  * excepted; 16 KiB writes did split them when the pipe was full). It costs 2 to 5 % of a refresh's
- * CPU on one core (twice the writes), which is why a lone process does not pay it. What is still
+ * CPU on one core (twice the writes), which is why a lone process does not pay it. A destination
+ * that stops taking lines costs at most LOG_BUFFER_MAX of memory; later lines are dropped (and
+ * counted) until it takes them again, and the service goes on. What is still
  * buffered when the process exits (an error included) is written synchronously then. A SIGKILL
  * loses at most the last LOG_FLUSH_MS.
  *
@@ -117,13 +135,17 @@ export const LOG_FLUSH_MS = 250
  * whose reader had left (EPIPE) forever, and the process never exited. Here such a destination
  * ends logging, said once on stderr; the service goes on. `stop` writes what is left.
  */
-export function bufferedDestination (dest: number | string, options: { shared?: boolean } = {}): { stream: DestinationStream, stop: () => void } {
+export function bufferedDestination (dest: number | string, options: { shared?: boolean } = {}): BufferedDestination {
   // maxWriteRetries (missing from sonic-boom's types): a full pipe at exit is retried for 2 s at most.
   // Buffers, not strings: a string buffer is measured again (flattened, UTF-8 counted) for every
   // line and encoded twice per write; one Buffer per line costs a third of that (about 1 µs a line).
   const sizes = options.shared === true ? { minLength: 3 * 1024, maxWrite: PIPE_BUF } : { minLength: 4096 }
-  const boom: SonicBoomOpts & { maxWriteRetries: number } = { dest, sync: false, ...sizes, periodicFlush: LOG_FLUSH_MS, maxWriteRetries: 20, contentMode: 'buffer' }
+  const boom: SonicBoomOpts & { maxWriteRetries: number } = {
+    dest, sync: false, ...sizes, maxLength: LOG_BUFFER_MAX, periodicFlush: LOG_FLUSH_MS, maxWriteRetries: 20, contentMode: 'buffer'
+  }
   const stream = new sonicBoom.SonicBoom(boom)
+  const dropListeners: Array<() => void> = []
+  stream.on('drop', () => { for (const listener of dropListeners) listener() })
   // In contentMode 'buffer' sonic-boom takes Buffers (its types know strings only).
   const writeBuffer = stream.write.bind(stream) as unknown as (chunk: Buffer) => boolean
   let broken = false
@@ -146,6 +168,7 @@ export function bufferedDestination (dest: number | string, options: { shared?: 
     stop: () => {
       process.off('exit', flushNow)
       flushNow()
-    }
+    },
+    onDrop: (listener) => { dropListeners.push(listener) }
   }
 }

@@ -35,6 +35,10 @@ export class Metrics {
     name: 'rotor_backend_requests_total', help: 'Requests of a known API key, by the key\'s name, route and status', labelNames: ['client', 'route', 'status_code'], registers: [this.registry]
   })
 
+  readonly logLinesDropped = new Counter({
+    name: 'rotor_log_lines_dropped_total', help: 'Log lines dropped because the log destination (standard output) did not take them and 16 MiB were waiting', registers: [this.registry]
+  })
+
   readonly errors = new Counter({ name: 'rotor_http_errors_total', help: 'Error answers, by contract code', labelNames: ['code'], registers: [this.registry] })
   readonly latency = new Histogram({
     name: 'rotor_http_request_duration_seconds',

@@ -27,6 +27,8 @@ async function serve (config: Config): Promise<void> {
   // With WORKERS > 1 every worker writes to this one standard output.
   const log = bufferedDestination(1, { shared: config.workers > 1 })
   const app = await buildApp(config, { logStream: log.stream })
+  /* c8 ignore next: a stalled standard output (test/plugins/log-destination.test.ts stalls the destination itself) */
+  log.onDrop(() => { app.metrics.logLinesDropped.inc() })
 
   if (config.generatedApiKey !== null) {
     // Printed once, to the terminal and not into the log stream, so it never lands in a log store.

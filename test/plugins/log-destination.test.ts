@@ -3,7 +3,7 @@ import { execFileSync, fork } from 'node:child_process'
 import { createReadStream, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { LOG_FLUSH_MS } from '../../plugins/logging.js'
+import { LOG_BUFFER_MAX, LOG_FLUSH_MS } from '../../plugins/logging.js'
 
 const WRITER = fileURLToPath(new URL('../support/log-writer.ts', import.meta.url))
 
@@ -86,4 +86,31 @@ test('processes sharing one pipe (WORKERS > 1 on one standard output) never spli
   })
   t.equal(split.length, 0, 'no line was split by the other writer\'s')
   t.equal(text.split('\n').length - 1, 2 * MANY_LINES, 'every line of both writers arrived')
+})
+
+test('a destination that stops taking lines holds at most LOG_BUFFER_MAX of them: later ones are dropped and counted, and the rest arrive once it takes them again', async (t) => {
+  const fifo = join(t.testdir({}), 'log.fifo')
+  execFileSync('mkfifo', [fifo])
+  // About 90 MB of lines into a pipe nobody reads yet: more than five times what may wait.
+  const count = 450_000
+  let received = ''
+  const reader = createReadStream(fifo)
+  reader.pause()
+  reader.on('data', (chunk) => { received += chunk.toString() })
+  const child = fork(WRITER, [fifo, 'stalled', String(count)], { execArgv: [...process.execArgv, '--expose-gc'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  const report = await new Promise<{ dropped: number, arrayBuffers: number }>((resolve) => child.once('message', resolve))
+  t.ok(report.dropped > 0 && report.dropped < count, `lines past the limit were dropped and counted (${report.dropped} of ${count})`)
+  // What may wait, and what the Buffer pool's slabs around it hold, not the 90 MB.
+  t.ok(report.arrayBuffers < 2 * LOG_BUFFER_MAX, `the buffers held ${(report.arrayBuffers / 2 ** 20).toFixed(1)} MiB, not every line`)
+
+  // Read again: every line that was kept arrives, whole and in order, before the writer is told to exit.
+  reader.resume()
+  const kept = count - report.dropped
+  while (received.split('\n').length - 1 < kept) await new Promise((resolve) => setTimeout(resolve, 50))
+  const numbers = received.split('\n').slice(0, -1).map((line) => (JSON.parse(line) as { n: number }).n)
+  t.same(numbers, Array.from({ length: kept }, (_, i) => i + 1), 'the first lines, all of them, in order: the dropped ones are the last')
+  const ended = new Promise((resolve) => child.once('exit', (code, signal) => { resolve({ code, signal }) }))
+  child.send('exit')
+  t.same(await ended, { code: 0, signal: null }, 'the writer went on and exits cleanly')
+  reader.destroy()
 })
