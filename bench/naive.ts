@@ -27,9 +27,9 @@ import { loadKeyMaterial } from '../plugins/key-material.js'
 interface RefreshClaims { sub: string, sid: string, jti: string, exp: number, auth_time: number, [claim: string]: unknown }
 
 /** Which key signs and verifies the naive service's refresh tokens (see above). */
-export type NaiveRefreshKey = 'refresh' | 'access'
+type NaiveRefreshKey = 'refresh' | 'access'
 
-export function naiveRefreshKey (env: Record<string, string | undefined>): NaiveRefreshKey {
+function naiveRefreshKey (env: Record<string, string | undefined>): NaiveRefreshKey {
   const value = env.NAIVE_REFRESH_KEY ?? 'refresh'
   if (value !== 'refresh' && value !== 'access') throw new Error(`NAIVE_REFRESH_KEY must be refresh or access, not ${value}`)
   return value
@@ -43,16 +43,17 @@ export async function buildNaive (env: Record<string, string | undefined>): Prom
   const redis = new Redis(config.redis.url)
   const prefix = config.redisKeyPrefix
   const app = Fastify({ logger: false })
-  const asymmetric = typeof active.signingKey === 'string'
+  // @fastify/jwt's secret for the access-token key: the key pair, or the shared secret.
+  const accessSecret = typeof active.signingKey === 'string' ? { private: active.signingKey, public: active.verifyingKey } : active.signingKey
   await app.register(fastifyJwt, {
-    secret: asymmetric ? { private: active.signingKey, public: active.verifyingKey } : active.signingKey,
+    secret: accessSecret,
     sign: { algorithm: active.algorithm, expiresIn: config.accessTokenTtl, iss: config.jwtIssuer }
   })
   await app.register(fastifyJwt, {
     namespace: 'refresh',
     ...(oneKey
       ? {
-          secret: asymmetric ? { private: active.signingKey, public: active.verifyingKey } : active.signingKey,
+          secret: accessSecret,
           sign: { algorithm: active.algorithm, expiresIn: config.refreshTokenTtl, iss: config.jwtIssuer },
           verify: { algorithms: [active.algorithm] }
         }
