@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { Redis, Cluster, type RedisOptions } from 'ioredis'
+import { Redis, Cluster, type Command, type RedisOptions } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Config, RedisSetting } from './config.js'
 import { StartupError } from './errors.js'
@@ -52,6 +52,61 @@ export function groupBySlot<T> (items: T[], keyOf: (item: T) => string, cluster:
   return [...groups.values()]
 }
 
+/**
+ * How long past a command's deadline Rotor may have been away (its event loop stalled by a long
+ * GC pause, or the process starved of CPU on a busy host) and still count as having listened for
+ * Redis's answer. Away longer, the command gets this long again, once, with Rotor listening.
+ */
+const AWAY_MS = 100
+
+/** What of an ioredis Command its timeout uses; the timer is kept where ioredis keeps its own (its `_clearTimers` clears it with the answer). */
+interface TimedCommand {
+  isSettled: boolean
+  reject: (error: Error) => void
+  setTimeout: (this: TimedCommand, ms: number) => void
+  _commandTimeoutTimer?: NodeJS.Timeout
+}
+
+/**
+ * ioredis's `Command.setTimeout`, deciding after the socket was read. Node runs due timers before
+ * it reads sockets, so after a stall past the deadline ioredis's timer fired with Redis's answer
+ * unread in the socket: a 503 for an answer Rotor had, or a healthy connection recycled for a PING
+ * it did not read. Here the timer only looks once the loop has polled (setImmediate); a command
+ * still unanswered then times out, unless Rotor was away at the deadline: a command that left late
+ * (a stall before its write) gets AWAY_MS more. Against a Redis that says nothing, a request still
+ * waits the timeout, plus the stall, plus AWAY_MS at most.
+ */
+function setTimeoutAfterPoll (this: TimedCommand, ms: number): void {
+  this._commandTimeoutTimer ??= setTimeout(lookAfterPoll, ms, this, performance.now() + ms, true)
+}
+
+function lookAfterPoll (command: TimedCommand, due: number, mayWait: boolean): void {
+  setImmediate(decide, command, due, mayWait)
+}
+
+function decide (command: TimedCommand, due: number, mayWait: boolean): void {
+  if (command.isSettled) return
+  if (mayWait && performance.now() - due > AWAY_MS) {
+    command._commandTimeoutTimer = setTimeout(lookAfterPoll, AWAY_MS, command, performance.now() + AWAY_MS, false)
+    return
+  }
+  command.reject(new Error('Command timed out'))
+}
+
+const patched = new WeakSet<RedisClient>()
+
+/** Makes a client's commands time out by setTimeoutAfterPoll (once per client; a Cluster's commands, whichever node they go to). */
+function readsBeforeTimingOut<C extends RedisClient> (client: C): C {
+  if (patched.has(client)) return client
+  patched.add(client)
+  const send = client.sendCommand.bind(client) as (command: Command, ...rest: unknown[]) => unknown
+  client.sendCommand = (command: Command, ...rest: unknown[]) => {
+    (command as unknown as TimedCommand).setTimeout = setTimeoutAfterPoll
+    return send(command, ...rest)
+  }
+  return client
+}
+
 /** How often a client's connection is checked for silence (a PING that must answer in time). */
 export const SILENCE_CHECK_MS = 2000
 
@@ -93,7 +148,7 @@ const checking = new WeakSet<Cluster>()
 function recycleSilentNodes (cluster: Cluster): void {
   if (checking.has(cluster)) return
   checking.add(cluster)
-  const connected = cluster.nodes('master').filter((node) => node.status === 'ready')
+  const connected = cluster.nodes('master').filter((node) => node.status === 'ready').map(readsBeforeTimingOut)
   Promise.all(connected.map(async (node) => {
     await node.ping().catch((error: unknown) => { if (isTimeout(error) && node.status === 'ready') node.disconnect() })
   })).finally(() => { checking.delete(cluster) }).catch(() => {})
@@ -122,7 +177,7 @@ function coalesced (client: Redis): Redis {
   return client
 }
 
-export function coalesceWrites (client: Redis): void {
+function coalesceWrites (client: Redis): void {
   let corked: Redis['stream'] | null = null
   const send = client.sendCommand.bind(client)
   client.sendCommand = (command, stream) => {
@@ -153,16 +208,16 @@ export function createRedisClient (setting: Exclude<RedisSetting, { kind: 'memor
   const options = failFast(commandTimeout)
   switch (setting.kind) {
     case 'single':
-      return coalesced(new Redis(setting.url, options))
+      return readsBeforeTimingOut(coalesced(new Redis(setting.url, options)))
     case 'sentinel':
-      return coalesced(new Redis({ ...options, sentinels: setting.sentinels, name: setting.name }))
+      return readsBeforeTimingOut(coalesced(new Redis({ ...options, sentinels: setting.sentinels, name: setting.name })))
     case 'cluster':
-      return new Cluster(setting.nodes, {
+      return readsBeforeTimingOut(new Cluster(setting.nodes, {
         enableOfflineQueue: false,
         lazyConnect: true,
         clusterRetryStrategy: (times: number) => Math.min(times * 50, 500),
         redisOptions: options
-      })
+      }))
   }
 }
 

@@ -1,0 +1,86 @@
+import { test } from 'tap'
+import { COMMAND_TIMEOUT_MS, createRedisClient, type RedisClient } from '../../plugins/redis.js'
+import { REDIS_URL } from '../support/app.js'
+import { startCluster, startRedis } from '../support/redis.js'
+import type { Test } from '../support/tap.js'
+
+// A command's timeout is Redis's silence, not Rotor's: when Rotor's own event loop stalls (a
+// long GC, a starved process on a busy host) past a command's timeout, Node runs the due timer
+// before it reads the socket where Redis's answer already waits. Rotor must read first: a 503 for
+// an answer it had, or a healthy connection recycled for a PING it did not read, is a fault of
+// its own making (the browser interop test met one under the full suite).
+
+/** Holds the event loop, as a long GC pause or a descheduled process does. */
+function stall (ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+}
+
+/** One turn of the loop: a command sent now has left by then (writes are uncorked in that turn). */
+async function nextTurn (): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve))
+}
+
+async function connected (t: Test, client: RedisClient): Promise<RedisClient> {
+  t.teardown(() => { client.disconnect() })
+  await client.connect()
+  return client
+}
+
+const STALL_MS = COMMAND_TIMEOUT_MS + 300
+
+test('an answer that arrived while the event loop stalled past the timeout is read, not timed out', async (t) => {
+  const client = await connected(t, createRedisClient({ kind: 'single', url: REDIS_URL }))
+  const answer = client.ping()
+  await nextTurn()
+  stall(STALL_MS)
+  t.equal(await answer, 'PONG')
+  t.equal(client.status, 'ready', 'the connection is kept')
+})
+
+test('a command that only left after a stall gets its answer: the timeout does not count the stall', async (t) => {
+  const client = await connected(t, createRedisClient({ kind: 'single', url: REDIS_URL }))
+  const answer = client.ping()
+  stall(STALL_MS)
+  t.equal(await answer, 'PONG')
+})
+
+test('a Redis that is silent still times the command out, stall or not, in about the timeout', async (t) => {
+  const redis = await startRedis(t)
+  const client = await connected(t, createRedisClient({ kind: 'single', url: redis.url }))
+  redis.pause()
+  t.teardown(() => { redis.resume() })
+
+  const started = Date.now()
+  await t.rejects(client.ping(), { message: 'Command timed out' }, 'no stall: silent Redis')
+  const waited = Date.now() - started
+  t.ok(waited >= COMMAND_TIMEOUT_MS && waited < COMMAND_TIMEOUT_MS + 500, `timed out after ${waited} ms`)
+
+  const stalledStart = Date.now()
+  const answer = client.ping()
+  await nextTurn()
+  stall(STALL_MS)
+  await t.rejects(answer, { message: 'Command timed out' }, 'stalled, and Redis said nothing: timed out all the same')
+  const stalledWait = Date.now() - stalledStart
+  t.ok(stalledWait < STALL_MS + 500, `given a short grace after the stall, not a second timeout (${stalledWait} ms)`)
+})
+
+test('a command answered in time leaves no timer behind', async (t) => {
+  const client = await connected(t, createRedisClient({ kind: 'single', url: REDIS_URL }))
+  const timers = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length
+  await client.ping()
+  const before = timers()
+  await Promise.all(Array.from({ length: 200 }, async () => await client.ping()))
+  t.equal(timers(), before, 'every command\'s timer was cleared with its answer')
+})
+
+test('on a Cluster every node\'s commands read before they time out', async (t) => {
+  const cluster = await startCluster(t, { masters: 3 })
+  const nodes = cluster.servers.map((server) => ({ host: '127.0.0.1', port: server.port }))
+  const client = await connected(t, createRedisClient({ kind: 'cluster', nodes }))
+  const keys = ['a', 'b', 'c', 'd', 'e', 'f']
+  await Promise.all(keys.map(async (key) => await client.set(`{${key}}rotor-timeouts`, key)))
+  const answers = Promise.all(keys.map(async (key) => await client.get(`{${key}}rotor-timeouts`)))
+  await nextTurn()
+  stall(STALL_MS)
+  t.same(await answers, keys, 'each node\'s answer was read, none timed out')
+})
