@@ -11,6 +11,9 @@ const ROTATION_DEADLINE_MS = COMMAND_TIMEOUT_MS * 0.75
 /** The same for a session listed at issuance, over the side connection. */
 const RECORD_DEADLINE_MS = SIDE_COMMAND_TIMEOUT_MS * 0.75
 
+/** A script that started past its deadline: it recorded nothing, and Redis answered (so Redis is not reported down). */
+class LateScriptError extends StoreUnavailableError {}
+
 /** The rotation's scripts: plain, for a session bound to a DPoP key, and each counting the request's rate-limit budget too. */
 const ROTATE_COMMANDS = ['rotorRotate', 'rotorRotateProven', 'rotorRotateCounted', 'rotorRotateProvenCounted'] as const
 type RotateCommand = typeof ROTATE_COMMANDS[number]
@@ -144,6 +147,18 @@ export class RedisDenylist implements Denylist {
   }
 
   async rotate (input: RotateInput): Promise<RotateOutcome> {
+    try {
+      return await this.rotateOnce(input)
+    } catch (error) {
+      // The script started past its deadline and recorded nothing, yet its answer came before
+      // Rotor gave up: Rotor's process stalled (or Redis did) between sending it and Redis running
+      // it. Once more, with a new deadline; a second late start is a 503.
+      if (!(error instanceof LateScriptError)) throw error
+      return await this.rotateOnce(input)
+    }
+  }
+
+  private async rotateOnce (input: RotateInput): Promise<RotateOutcome> {
     const deadline = Math.floor(Date.now() + this.clockOffsetMs + ROTATION_DEADLINE_MS)
     const subject = `${this.prefix}{${hashTag(input.sub)}}`
     const record = this.keyIn(subject, 'j', input.jti)
@@ -310,6 +325,7 @@ export class RedisDenylist implements Denylist {
    */
   private unavailable (error: unknown): StoreUnavailableError {
     const reason = (error as Error).message
+    if (reason.startsWith('ROTORLATE ')) return new LateScriptError(reason)
     if (reason.startsWith('OOM ')) this.health?.outOfMemory(true, reason)
     else this.health?.down(reason)
     recycleIfSilent(this.client, error)

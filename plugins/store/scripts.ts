@@ -130,7 +130,8 @@ end
  * The deadline: a script that starts after Rotor gave up on it (a Redis that hung and woke, or a
  * Cluster client that sent it again after its connection closed) runs for nobody, and it could
  * meet a state its client moved past meanwhile (the successor, rotated by the client's retry): it
- * writes nothing and answers an error. It is earlier than Rotor's command timeout.
+ * writes nothing and answers an error. It is earlier than Rotor's command timeout. An error Rotor
+ * still reads (its own process stalled before the script left) makes it send the rotation again.
  */
 const ROTATION = `
 local index = indexOf(KEYS[5], KEYS[6], ARGV[9], ARGV[1], ARGV[14], ARGV[15])

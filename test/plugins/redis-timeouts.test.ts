@@ -1,6 +1,7 @@
 import { test } from 'tap'
+import type { Command, Redis } from 'ioredis'
 import { COMMAND_TIMEOUT_MS, createRedisClient, type RedisClient } from '../../plugins/redis.js'
-import { REDIS_URL } from '../support/app.js'
+import { build, issue, LogCapture, REDIS_URL, refreshWith, type Pair } from '../support/app.js'
 import { startCluster, startRedis } from '../support/redis.js'
 import type { Test } from '../support/tap.js'
 
@@ -83,4 +84,29 @@ test('on a Cluster every node\'s commands read before they time out', async (t) 
   await nextTurn()
   stall(STALL_MS)
   t.same(await answers, keys, 'each node\'s answer was read, none timed out')
+})
+
+test('a rotation that reached Redis past its deadline because Rotor stalled before sending it is sent again, not answered 503', async (t) => {
+  const logs = new LogCapture()
+  const app = await build(t, {}, logs)
+  const pair = await issue(app, { sub: 'stalled' })
+  // Rotor stalls right after queuing the rotation, before its write leaves: the script then
+  // starts past its deadline (three quarters of the timeout), records nothing and says so.
+  const client = app.redis as Redis
+  const send = client.sendCommand.bind(client)
+  let stalls = 0
+  client.sendCommand = (command: Command, ...rest: unknown[]) => {
+    const answer = send(command, ...rest as [])
+    if (stalls === 0 && command.name.startsWith('eval')) {
+      stalls++
+      stall(COMMAND_TIMEOUT_MS * 0.9)
+    }
+    return answer
+  }
+  const refreshed = await refreshWith(app, pair.refresh_token)
+  t.equal(stalls, 1, 'the rotation was held')
+  t.equal(refreshed.statusCode, 200, 'rotated: Redis answered before Rotor gave up, and the late script had recorded nothing')
+  const next = refreshed.json<Pair>()
+  t.equal((await refreshWith(app, next.refresh_token)).statusCode, 200, 'the new refresh token is the session\'s current one')
+  t.notOk(logs.lines.some((line) => String(line['msg']).startsWith('store unreachable')), 'Redis answered: not reported unreachable')
 })
