@@ -70,9 +70,14 @@ export async function measureFloor (minter: Minter, redisUrl: string, helloUs: n
 
 /** Server CPU per request (µs) of a measured scenario. */
 export function serverCpuUs (result: ScenarioResult | undefined): number | null {
-  const server = result?.cpu?.server
+  return cpuUsPerRequest(result, 'server')
+}
+
+/** Cores one party used during the measured run, as CPU µs per request answered (null when not measured). */
+export function cpuUsPerRequest (result: ScenarioResult | undefined, party: 'server' | 'redis'): number | null {
+  const cores = result?.cpu?.[party]
   const rps = result?.measured?.rps
-  return server === null || server === undefined || rps === undefined || rps === 0 ? null : server / rps * 1e6
+  return cores === null || cores === undefined || rps === undefined || rps === 0 ? null : cores / rps * 1e6
 }
 
 /** The floor of each refresh algorithm the run measured (with the ceiling): none when it measured neither. */
