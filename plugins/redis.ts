@@ -120,7 +120,18 @@ export const SILENCE_CHECK_MS = 2000
 export function recycleIfSilent (client: RedisClient, error: unknown): void {
   if (!isTimeout(error)) return
   if (client instanceof Cluster) recycleSilentNodes(client)
-  else if (client.status === 'ready') client.disconnect(true)
+  else recycle(client)
+}
+
+/** Connections already being replaced: the commands that timed out together on one recycle it once. */
+const recycling = new WeakSet<object>()
+
+function recycle (client: Redis): void {
+  const socket = client.stream
+  // The status stays 'ready' until the socket has closed; each disconnect would add a listener to it.
+  if (client.status !== 'ready' || recycling.has(socket)) return
+  recycling.add(socket)
+  client.disconnect(true)
 }
 
 /**

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { Command, Redis } from 'ioredis'
-import { COMMAND_TIMEOUT_MS, createRedisClient, type RedisClient } from '../../plugins/redis.js'
+import { COMMAND_TIMEOUT_MS, createRedisClient, recycleIfSilent, type RedisClient } from '../../plugins/redis.js'
 import { build, issue, LogCapture, REDIS_URL, refreshWith, type Pair } from '../support/app.js'
 import { startCluster, startRedis } from '../support/redis.js'
 import type { Test } from '../support/tap.js'
@@ -109,4 +109,18 @@ test('a rotation that reached Redis past its deadline because Rotor stalled befo
   const next = refreshed.json<Pair>()
   t.equal((await refreshWith(app, next.refresh_token)).statusCode, 200, 'the new refresh token is the session\'s current one')
   t.notOk(logs.lines.some((line) => String(line['msg']).startsWith('store unreachable')), 'Redis answered: not reported unreachable')
+})
+
+test('many commands timing out at once on a silent connection recycle it once', async (t) => {
+  const redis = await startRedis(t)
+  const client = await connected(t, createRedisClient({ kind: 'single', url: redis.url })) as Redis
+  const socket = client.stream
+  const closeListeners = socket.listenerCount('close')
+  redis.pause()
+  t.teardown(() => { redis.resume() })
+  // As the store does for each of its failed commands (a hang mid-traffic: 160 of them at once).
+  const failures = await Promise.all(Array.from({ length: 20 }, async () => await client.ping().catch((error: unknown) => error)))
+  for (const error of failures) recycleIfSilent(client, error)
+  t.same(failures.map((error) => (error as Error).message), Array.from({ length: 20 }, () => 'Command timed out'))
+  t.equal(socket.listenerCount('close') - closeListeners, 1, 'one disconnect for the connection, not one per command (each added a listener to the socket: Node warned at 11)')
 })
