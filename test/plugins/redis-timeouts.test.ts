@@ -54,7 +54,7 @@ test('a Redis that is silent still times the command out, stall or not, in about
   const started = Date.now()
   await t.rejects(client.ping(), { message: 'Command timed out' }, 'no stall: silent Redis')
   const waited = Date.now() - started
-  t.ok(waited >= COMMAND_TIMEOUT_MS && waited < COMMAND_TIMEOUT_MS + 500, `timed out after ${waited} ms`)
+  t.ok(waited >= COMMAND_TIMEOUT_MS && waited < 2 * COMMAND_TIMEOUT_MS, `timed out after ${waited} ms: the timeout, not two`)
 
   const stalledStart = Date.now()
   const answer = client.ping()
@@ -62,7 +62,7 @@ test('a Redis that is silent still times the command out, stall or not, in about
   stall(STALL_MS)
   await t.rejects(answer, { message: 'Command timed out' }, 'stalled, and Redis said nothing: timed out all the same')
   const stalledWait = Date.now() - stalledStart
-  t.ok(stalledWait < STALL_MS + 500, `given a short grace after the stall, not a second timeout (${stalledWait} ms)`)
+  t.ok(stalledWait < STALL_MS + COMMAND_TIMEOUT_MS, `given a short grace after the stall, not a second timeout (${stalledWait} ms)`)
 })
 
 test('a command answered in time leaves no timer behind', async (t) => {
@@ -71,7 +71,8 @@ test('a command answered in time leaves no timer behind', async (t) => {
   await client.ping()
   const before = timers()
   await Promise.all(Array.from({ length: 200 }, async () => await client.ping()))
-  t.equal(timers(), before, 'every command\'s timer was cleared with its answer')
+  // Other timers of the process may come and go meanwhile; 200 left behind would not.
+  t.ok(timers() - before < 10, `every command's timer was cleared with its answer (${timers() - before} more timers)`)
 })
 
 test('on a Cluster every node\'s commands read before they time out', async (t) => {
