@@ -87,7 +87,7 @@ export async function runAgainst (run: RunContext, dir: string, algorithms: Arra
       servers.here = await ServerProcess.start('rotor', envHere, cpus)
       servers.there = await startThere('rotor', envThere, cpus)
       // The same keys: one minter serves both.
-      const minter = new Minter(envHere)
+      const minter = new Minter(envHere, run.options.sessions)
       let rate = 10_000
       const slice = async (which: 'here' | 'there', seconds: number): Promise<{ us: number, rps: number }> => {
         const server = servers[which]!

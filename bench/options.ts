@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util'
 import { CPU_LIST } from './pinning.js'
+import { SESSIONS } from './tokens.js'
 
 /** The command line of bench/run.ts (documented in its header comment and in bench/README.md). */
 
@@ -28,6 +29,8 @@ export interface Options {
    * full denylist costs, slice by slice); 0: the same Redis as this checkout's.
    */
   thereDenylist: number
+  /** --sessions: how many sessions the refresh tokens take turns in (bench/tokens.ts SESSIONS); 0: a new one per token. */
+  sessions: number
   profile: boolean
   /** --server-cpus / --loadgen-cpus: CPU lists (taskset's) the server child and this process are pinned to; null: not pinned. */
   serverCpus: string | null
@@ -44,7 +47,7 @@ export interface Options {
 
 export const USAGE = `usage: node dist/bench/run.js [--duration N] [--warmup N] [--connections N] [--reps N]
          [--scenarios ${SCENARIO_NAMES.join(',')}] [--denylist-sizes 10000,1000000]
-         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--there-denylist N] [--profile]
+         [--session-memory 1,10,100] [--soak SECONDS] [--replication] [--server-env KEY=VALUE ...] [--there-env KEY=VALUE ...] [--there-denylist N] [--sessions N] [--profile]
          [--server-cpus LIST --loadgen-cpus LIST --redis-cpus LIST] [--against DIR|naive|naive-one-key]`
 
 class UsageError extends Error {}
@@ -95,6 +98,7 @@ export function parseOptions (argv: string[]): Options {
       'server-env': { type: 'string', multiple: true },
       'there-env': { type: 'string', multiple: true },
       'there-denylist': { type: 'string' },
+      sessions: { type: 'string' },
       profile: { type: 'boolean' },
       'server-cpus': { type: 'string' },
       'loadgen-cpus': { type: 'string' },
@@ -153,6 +157,7 @@ export function parseOptions (argv: string[]): Options {
     serverEnv,
     thereEnv,
     thereDenylist: thereDenylist[0] ?? 0,
+    sessions: Math.floor(positive('sessions', values.sessions, SESSIONS, 0)),
     profile: values.profile === true,
     serverCpus: values['server-cpus'] ?? null,
     loadgenCpus: values['loadgen-cpus'] ?? null,

@@ -75,7 +75,7 @@ export function rotorEnv (run: RunContext, algorithm: 'EdDSA' | 'HS256', prefix:
 
 /** A Minter with the keys a server of this algorithm gets (the floor's signatures and HMACs). */
 export function minterFor (run: RunContext, algorithm: 'EdDSA' | 'HS256'): Minter {
-  return new Minter(rotorEnv(run, algorithm, run.prefix))
+  return new Minter(rotorEnv(run, algorithm, run.prefix), run.options.sessions)
 }
 
 /**
@@ -237,7 +237,7 @@ export async function runScenario (run: RunContext, s: Scenario, opts: RunScenar
 
     server = await ServerProcess.start(s.server, env, { exposeGc: opts.exposeGc === true, cpus: run.options.serverCpus, ...(run.options.profile ? { profileDir: resultsDir(), profileName: `${run.scenarioCount}-${s.name}` } : {}) })
     run.say(`  server pid ${server.pid} at ${server.url}`)
-    if (s.body !== 'none' && s.body !== 'issue') minter = new Minter(env)
+    if (s.body !== 'none' && s.body !== 'issue') minter = new Minter(env, run.options.sessions)
     const refreshUrl = `${server.url}${s.path}`
 
     const pool = new BodyPool()
