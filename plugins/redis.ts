@@ -99,10 +99,11 @@ const patched = new WeakSet<RedisClient>()
 function readsBeforeTimingOut<C extends RedisClient> (client: C): C {
   if (patched.has(client)) return client
   patched.add(client)
-  const send = client.sendCommand.bind(client) as (command: Command, ...rest: unknown[]) => unknown
-  client.sendCommand = (command: Command, ...rest: unknown[]) => {
+  // Named parameters, not a rest array: this runs for every command. (A Cluster's third is the node.)
+  const send = client.sendCommand.bind(client) as (command: Command, stream?: unknown, node?: unknown) => unknown
+  client.sendCommand = (command: Command, stream?: unknown, node?: unknown) => {
     (command as unknown as TimedCommand).setTimeout = setTimeoutAfterPoll
-    return send(command, ...rest)
+    return send(command, stream, node)
   }
   return client
 }
